@@ -1,0 +1,341 @@
+"""The user's verbs: ``Stream``, ``KeyedStream`` and ``WindowedStream``.
+
+Every method returns a new stream object; nothing runs until ``flow.run()``.
+Expressions are Polars expressions and run vectorized on whole batches;
+``map``/``flat_map``/``process`` take Python callables and are the slow path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from sluice.connectors.base import Sink
+from sluice.errors import ConfigError
+from sluice.operators import aggregations as _agg
+from sluice.operators.base import Operator
+from sluice.operators.stateless import (
+    FilterOp,
+    FlatMapOp,
+    MapOp,
+    Passthrough,
+    PredicateOp,
+    SelectOp,
+)
+from sluice.plan.logical import Edge, ExchangeKind, Node
+from sluice.time.durations import Duration, parse_duration
+from sluice.time.windows import Count, Global, Trigger, WindowSpec
+
+if TYPE_CHECKING:
+    from sluice.api.flow import Flow
+
+
+class Stream:
+    """A stream of rows (columnar batches) flowing out of one operator."""
+
+    def __init__(self, flow: Flow, node: Node, tag: str = "main", *, event_time: bool) -> None:
+        self.flow = flow
+        self.node = node
+        self.tag = tag
+        self.event_time = event_time
+
+    # -- internal ------------------------------------------------------------------------
+    def _then(
+        self,
+        name: str,
+        factory: Callable[[int, int], Operator],
+        *,
+        exchange: ExchangeKind = "forward",
+        keys: Sequence[str] = (),
+        parallelism: int | None = None,
+        max_parallelism: int | None = None,
+        inputs: list[Edge] | None = None,
+    ) -> Node:
+        nm = self.flow._unique(name)
+        edges = inputs or [Edge(self.node, self.tag, exchange, tuple(keys))]
+        return self.flow._add(
+            {
+                "name": nm,
+                "kind": "operator",
+                "inputs": edges,
+                "factory": _named(factory, nm),
+                "parallelism": parallelism if parallelism is not None else self.node.parallelism,
+                "max_parallelism": max_parallelism,
+            }
+        )
+
+    def _derive(self, node: Node) -> Stream:
+        return Stream(self.flow, node, event_time=self.event_time)
+
+    # -- stateless, vectorized -----------------------------------------------------------
+    def filter(self, predicate: pl.Expr | Callable[[dict[str, Any]], bool]) -> Stream:
+        """Keep rows where ``predicate`` (a Polars expression) is true. A Python
+        callable ``fn(row) -> bool`` also works (slow path).
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("f"); out = sl.sinks.collect()
+        >>> f.source([{"x": 1}, {"x": 5}]).filter(sl.col("x") > 2).sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'x': 5}]
+        """
+        if isinstance(predicate, pl.Expr):
+            p = predicate
+            return self._derive(self._then("filter", lambda i, n: FilterOp("filter", p)))
+        if callable(predicate):
+            fn = predicate
+            return self._derive(self._then("filter", lambda i, n: PredicateOp("filter", fn)))
+        raise ConfigError("filter: pass a Polars expression (sl.col('x') > 1) or a function")
+
+    def select(self, *exprs: Any, **named: Any) -> Stream:
+        """Keep/compute only the given columns (event time is kept).
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("s"); out = sl.sinks.collect()
+        >>> f.source([{"x": 1, "y": 2}]).select("x", z=sl.col("y") + 1).sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'x': 1, 'z': 3}]
+        """
+        e, nd = list(exprs), dict(named)
+        return self._derive(self._then("select", lambda i, n: SelectOp("select", e, nd, False)))
+
+    def with_columns(self, *exprs: Any, **named: Any) -> Stream:
+        """Add or replace columns computed from Polars expressions."""
+        e, nd = list(exprs), dict(named)
+        return self._derive(
+            self._then("with_columns", lambda i, n: SelectOp("with_columns", e, nd, True))
+        )
+
+    # -- stateless, per record (slow path) -----------------------------------------------
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stream:
+        """Apply ``fn(row: dict) -> dict`` to every row. This is the slow path
+        (one Python call per row); prefer ``with_columns`` with expressions."""
+        return self._derive(self._then("map", lambda i, n: MapOp("map", fn)))
+
+    def flat_map(self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]) -> Stream:
+        """Apply ``fn(row) -> iterable of dicts``; each output keeps the input's
+        event time (slow path)."""
+        return self._derive(self._then("flat_map", lambda i, n: FlatMapOp("flat_map", fn)))
+
+    # -- exchanges -----------------------------------------------------------------------
+    def key_by(self, *keys: str | Sequence[str]) -> KeyedStream:
+        """Partition the stream by the values of ``keys`` (hash exchange).
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("k")
+        >>> ks = f.source([{"user": "a", "v": 1}]).key_by("user")
+        >>> ks.keys
+        ['user']
+        """
+        flat: list[str] = []
+        for k in keys:
+            flat.extend([k] if isinstance(k, str) else list(k))
+        if not flat:
+            raise ConfigError("key_by: give at least one key column")
+        return KeyedStream(self, flat)
+
+    def union(self, *others: Stream) -> Stream:
+        """Merge streams with the same columns into one (event time: min of watermarks)."""
+        edges = [Edge(self.node, self.tag, "forward")]
+        for o in others:
+            if o.flow is not self.flow:
+                raise ConfigError("union: streams must belong to the same Flow")
+            edges.append(Edge(o.node, o.tag, "forward"))
+        node = self._then("union", lambda i, n: Passthrough("union"), inputs=edges)
+        return Stream(self.flow, node, event_time=all(s.event_time for s in (self, *others)))
+
+    def rebalance(self) -> Stream:
+        """Spread batches round-robin over the next operator's subtasks."""
+        return self._derive(
+            self._then("rebalance", lambda i, n: Passthrough("rebalance"), exchange="rebalance")
+        )
+
+    def broadcast(self) -> Stream:
+        """Send every batch to every subtask of the next operator."""
+        return self._derive(
+            self._then("broadcast", lambda i, n: Passthrough("broadcast"), exchange="broadcast")
+        )
+
+    def with_parallelism(self, parallelism: int) -> Stream:
+        """Set the parallelism of the operator that produces this stream."""
+        if parallelism < 1:
+            raise ConfigError(f"parallelism must be >= 1, got {parallelism}")
+        self.node.parallelism = parallelism
+        return self
+
+    # -- windows without keys ----------------------------------------------------------
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        allowed_lateness: Duration = 0,
+        trigger: Trigger | None = None,
+    ) -> WindowedStream:
+        """Windows over the whole stream (runs with parallelism 1)."""
+        return WindowedStream(self, [], spec, allowed_lateness, trigger)
+
+    # -- outputs -------------------------------------------------------------------------
+    def sink(self, sink: Sink, *, name: str | None = None, parallelism: int | None = None) -> None:
+        """Send the stream to ``sink``."""
+        if not isinstance(sink, Sink):
+            raise ConfigError(f"sink: expected an sl.sinks.* sink, got {type(sink).__name__}")
+        nm = self.flow._unique(name or sink.name)
+        self.flow._add(
+            {
+                "name": nm,
+                "kind": "sink",
+                "inputs": [Edge(self.node, self.tag, "forward")],
+                "sink": sink,
+                "parallelism": parallelism if parallelism is not None else self.node.parallelism,
+                "max_parallelism": sink.max_parallelism,
+            }
+        )
+
+    def dead_letters(self) -> Stream:
+        """Records a source could not read (``on_error="dead_letter"``), with
+        columns source, file, line, reason, raw."""
+        if self.node.kind != "source":
+            raise ConfigError("dead_letters() is available on a source's stream")
+        return Stream(self.flow, self.node, "dead_letter", event_time=False)
+
+    def __repr__(self) -> str:
+        return f"Stream({self.node.name!r})"
+
+
+class KeyedStream:
+    """A stream partitioned by key; windows, state and dedup are per key."""
+
+    def __init__(self, stream: Stream, keys: list[str]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        allowed_lateness: Duration = 0,
+        trigger: Trigger | None = None,
+    ) -> WindowedStream:
+        """Per-key windows (``sl.windows.tumbling("1m")`` etc.).
+
+        ``allowed_lateness`` keeps window state that long after the window
+        closed: late rows update it and the window fires again. ``trigger``
+        asks for early firings (``sl.triggers.every("1s")``, ``on_update()``).
+        """
+        return WindowedStream(self.stream, self.keys, spec, allowed_lateness, trigger)
+
+    def process(self, fn: Any, *, name: str = "process") -> Stream:
+        """Run a :class:`sluice.KeyedProcessFunction` with per-key state and timers."""
+        from sluice.operators.process import ProcessOperator
+
+        keys = list(self.keys)
+        nm = name
+        node = self.stream._then(
+            nm,
+            lambda i, n: ProcessOperator(nm, keys, fn),
+            exchange="hash",
+            keys=keys,
+        )
+        return self.stream._derive(node)
+
+    def dedup(self, within: Duration) -> Stream:
+        """Drop rows whose key was already seen less than ``within`` earlier
+        (event time, or processing time if the stream has none); the first
+        occurrence is kept."""
+        from sluice.operators.dedup import DedupOperator
+
+        w = parse_duration(within, what="dedup bound", allow_zero=False)
+        keys = list(self.keys)
+        et = self.stream.event_time
+        node = self.stream._then(
+            "dedup", lambda i, n: DedupOperator("dedup", keys, w, et), exchange="hash", keys=keys
+        )
+        return self.stream._derive(node)
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stream:
+        """Per-record map after repartitioning by key."""
+        keys = list(self.keys)
+        node = self.stream._then("map", lambda i, n: MapOp("map", fn), exchange="hash", keys=keys)
+        return self.stream._derive(node)
+
+
+class WindowedStream:
+    """A (keyed) stream with a window assigner; finish it with :meth:`agg`."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        keys: list[str],
+        spec: WindowSpec,
+        allowed_lateness: Duration,
+        trigger: Trigger | None,
+    ) -> None:
+        if not isinstance(spec, WindowSpec):
+            raise ConfigError("window: pass a window from sl.windows (tumbling, sliding, ...)")
+        if spec.time == "event" and not stream.event_time and not isinstance(spec, Count | Global):
+            raise ConfigError(
+                "event-time windows need a source with time=...; for processing-time "
+                "windows pass time='processing' to the window"
+            )
+        if isinstance(spec, Global) and spec.trigger is None:
+            raise ConfigError("global window: give a trigger (sl.triggers.count(n) or every(...))")
+        self.stream = stream
+        self.keys = keys
+        self.spec = spec
+        self.allowed_lateness = parse_duration(allowed_lateness, what="allowed lateness")
+        self.trigger = trigger
+
+    def agg(self, **aggs: _agg.Agg) -> WindowResult:
+        """Aggregate each window: ``.agg(n=sl.agg.count(), total=sl.agg.sum("x"))``.
+
+        Results carry the key columns, ``window_start``, ``window_end`` and one
+        column per aggregation.
+        """
+        if not aggs:
+            raise ConfigError("agg: give at least one aggregation, e.g. n=sl.agg.count()")
+        for name in aggs:
+            if name in self.keys or name in ("window_start", "window_end"):
+                raise ConfigError(f"agg: output name {name!r} collides with a key or window column")
+        keys = list(self.keys)
+        spec = self.spec
+        lateness = self.allowed_lateness
+        trigger = self.trigger
+        exchange: ExchangeKind = "hash" if keys else "rebalance"
+        par = None if keys else 1
+        if isinstance(spec, Count) or (
+            isinstance(spec, Global) and spec.trigger is not None and spec.trigger.count
+        ):
+            from sluice.operators.count_windows import CountWindowOperator
+
+            def factory(i: int, n: int) -> Operator:
+                return CountWindowOperator("window", keys, spec, _agg.bind_all(aggs))
+
+        else:
+            from sluice.operators.windows import WindowOperator
+
+            def factory(i: int, n: int) -> Operator:
+                return WindowOperator("window", keys, spec, _agg.bind_all(aggs), lateness, trigger)
+
+        node = self.stream._then(
+            "window", factory, exchange=exchange, keys=keys, parallelism=par, max_parallelism=par
+        )
+        return WindowResult(self.stream.flow, node, event_time=True)
+
+
+class WindowResult(Stream):
+    """The results of a windowed aggregation; :meth:`late` gives its late rows."""
+
+    def late(self) -> Stream:
+        """Input rows that arrived after their window's allowed lateness and were
+        not counted (the late side output)."""
+        return Stream(self.flow, self.node, "late", event_time=True)
+
+
+def _named(factory: Callable[[int, int], Operator], name: str) -> Callable[[int, int], Operator]:
+    def make(i: int, n: int) -> Operator:
+        op = factory(i, n)
+        op.name = name
+        return op
+
+    return make

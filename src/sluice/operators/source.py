@@ -1,0 +1,315 @@
+"""The source subtask: reads its splits, stamps event time, generates watermarks.
+
+Per split it tracks a watermark (bounded out-of-orderness) and idleness; the
+subtask's watermark is the minimum over its active splits. Small reads are
+buffered for at most ``linger_ms`` so that batches stay large under load and
+latency stays low when idle (adaptive batching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from sluice.connectors.base import OnError, ReadBatch, ReaderContext, Source, SplitReader
+from sluice.errors import BadRecordError
+from sluice.operators.base import Operator, OperatorContext
+from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
+from sluice.time.watermarks import SplitWatermarks, WatermarkStrategy
+
+_TIME_UNITS = {"ms": 1, "s": 1000, "us": 0.001, "ns": 0.000001}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Everything the user said about a source in ``flow.source(...)``."""
+
+    source: Source
+    name: str
+    time: str | pl.Expr | None
+    time_unit: str
+    time_format: str | None
+    watermark: WatermarkStrategy
+    schema: Mapping[str, Any] | None
+    on_error: OnError
+    max_batch_rows: int
+    linger_ms: int
+
+
+class _Split:
+    __slots__ = ("buffer", "buffer_rows", "buffer_since", "reader", "wm")
+
+    def __init__(self, reader: SplitReader, wm: SplitWatermarks) -> None:
+        self.reader = reader
+        self.wm = wm
+        self.buffer: list[pl.DataFrame] = []
+        self.buffer_rows = 0
+        self.buffer_since = 0
+
+
+class SourceOperator(Operator):
+    """Head of a source subtask. ``poll`` is called by the runtime's loop."""
+
+    def __init__(self, spec: SourceSpec, readers: list[SplitReader]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self._readers = readers
+        self._splits: list[_Split] = []
+        self._rctx = ReaderContext(spec.name, spec.on_error)
+        self._schema: dict[str, pl.DataType] | None = (
+            {k: _dtype(v) for k, v in spec.schema.items()} if spec.schema else None
+        )
+        self.ended = False
+        self._idle_sent = False
+        self._event_time = spec.time is not None
+
+    def open(self, ctx: OperatorContext) -> None:
+        super().open(ctx)
+        now = ctx.now()
+        for r in self._readers:
+            self._add_split(r, now)
+
+    def _add_split(self, reader: SplitReader, now: int) -> None:
+        reader.open(self._rctx)
+        self._splits.append(_Split(reader, SplitWatermarks(self.spec.watermark, now)))
+
+    def add_splits(self, readers: list[SplitReader]) -> None:
+        assert self.ctx is not None
+        now = self.ctx.now()
+        for r in readers:
+            self._add_split(r, now)
+
+    # -- the loop's entry point ----------------------------------------------------
+    def poll(self) -> bool:
+        """Read from every split once; return True if anything was emitted or read."""
+        if self.ended:
+            return False
+        assert self.ctx is not None
+        progressed = False
+        now = self.ctx.now()
+        for sp in self._splits:
+            if sp.reader.finished and not sp.buffer:
+                continue
+            if not sp.reader.finished:
+                rb = sp.reader.poll(self.spec.max_batch_rows)
+                dead = self._rctx.take_dead_letters()
+                if dead is not None:
+                    self.metrics.add("dead_letters", dead.height)
+                    self.output.emit_side("dead_letter", dead)
+                    progressed = True
+                if rb is not None and rb.data.height:
+                    batch = self._prepare(rb)
+                    progressed = True
+                    if batch.height:
+                        if not sp.buffer:
+                            sp.buffer_since = now
+                        sp.buffer.append(batch)
+                        sp.buffer_rows += batch.height
+            if sp.buffer and (
+                sp.buffer_rows >= self.spec.max_batch_rows // 4
+                or now - sp.buffer_since >= self.spec.linger_ms
+                or sp.reader.finished
+            ):
+                self._flush_split(sp, now)
+                progressed = True
+            elif not sp.buffer and sp.wm.check_idle(now):
+                progressed |= self._update_watermark()
+        if all(sp.reader.finished and not sp.buffer for sp in self._splits):
+            if not self.spec.source.bounded and not self._splits:
+                return progressed
+            if self.spec.source.bounded:
+                self._finish()
+                return True
+        return progressed
+
+    def _flush_split(self, sp: _Split, now: int) -> None:
+        batch = sp.buffer[0] if len(sp.buffer) == 1 else pl.concat(sp.buffer, how="vertical")
+        sp.buffer = []
+        sp.buffer_rows = 0
+        if self._event_time:
+            mx = batch.get_column(TIME).max()
+            sp.wm.observe(int(mx) if mx is not None else MIN_TIME, now)  # type: ignore[arg-type]
+        else:
+            sp.wm.last_activity = now
+            sp.wm.idle = False
+        self.emit(batch)
+        self._update_watermark()
+
+    def _update_watermark(self) -> bool:
+        active = [
+            sp.wm.watermark for sp in self._splits if not sp.wm.idle and not sp.reader.finished
+        ]
+        if not active:
+            if any(sp.wm.idle for sp in self._splits) and not self._idle_sent:
+                self._idle_sent = True
+                self.output.idle(True)
+                return True
+            return False
+        if self._idle_sent:
+            self._idle_sent = False
+            self.output.idle(False)
+        if self._event_time:
+            wm = min(active)
+            if wm > self.watermark:
+                self.push_watermark(wm)
+                return True
+        return False
+
+    def _finish(self) -> None:
+        self.ended = True
+        self.push_watermark(MAX_TIME)
+        for sp in self._splits:
+            sp.reader.close()
+        self.push_end()
+
+    def stop(self) -> None:
+        """Stop reading without end-of-stream semantics (Ctrl-C)."""
+        self.ended = True
+        for sp in self._splits:
+            sp.reader.close()
+
+    def process_batch(
+        self, batch: pl.DataFrame
+    ) -> None:  # pragma: no cover - sources have no input
+        raise AssertionError("a source has no input")
+
+    # -- per-batch preparation: schema, event time ---------------------------------
+    def _prepare(self, rb: ReadBatch) -> pl.DataFrame:
+        df = self._conform(rb)
+        if self._event_time and df.height:
+            df = self._stamp_time(df, rb)
+        return df
+
+    def _conform(self, rb: ReadBatch) -> pl.DataFrame:
+        df = rb.data
+        if self._schema is None:
+            self._schema = dict(df.schema)
+            return df
+        schema = self._schema
+        if dict(df.schema) == schema:
+            return df
+        missing = [c for c in schema if c not in df.columns]
+        extra = [c for c in df.columns if c not in schema]
+        if extra:
+            row = 0
+            col = extra[0]
+            nn = df.get_column(col).is_not_null()
+            if nn.any():
+                row = int(nn.arg_true()[0])
+                self._bad(
+                    rb,
+                    row,
+                    f"field {col!r} is not in the schema {list(schema)}; "
+                    "declare it with schema= on the source",
+                )
+            df = df.drop(extra)
+        if missing:
+            df = df.with_columns(pl.lit(None).alias(c) for c in missing)
+        casts = []
+        for c, dt in schema.items():
+            if df.schema[c] != dt:
+                casts.append(c)
+        if casts:
+            bad_rows: set[int] = set()
+            for c in casts:
+                src = df.get_column(c)
+                try:
+                    df = df.with_columns(src.cast(schema[c], strict=True).alias(c))
+                except Exception:
+                    conv = src.cast(schema[c], strict=False)
+                    bad = (conv.is_null() & src.is_not_null()).arg_true().to_list()
+                    for r in bad:
+                        self._bad(
+                            rb,
+                            r,
+                            f"field {c!r} has value {src[r]!r} that does not match "
+                            f"the schema type {schema[c]}",
+                        )
+                    bad_rows.update(bad)
+                    df = df.with_columns(conv.alias(c))
+            if bad_rows:
+                keep = pl.Series([i not in bad_rows for i in range(df.height)])
+                df = df.filter(keep)
+                rb = _filtered(rb, keep)
+        return df.select(list(schema))
+
+    def _stamp_time(self, df: pl.DataFrame, rb: ReadBatch) -> pl.DataFrame:
+        spec = self.spec
+        expr = pl.col(spec.time) if isinstance(spec.time, str) else spec.time
+        assert expr is not None
+        if isinstance(spec.time, str) and spec.time not in df.columns:
+            self._bad(rb, 0, f"event-time column {spec.time!r} is missing (columns: {df.columns})")
+            return df.clear()
+        raw = df.select(expr.alias("__raw")).get_column("__raw")
+        ts = self._to_millis(raw)
+        bad = ts.is_null()
+        if bad.any():
+            rows = bad.arg_true().to_list()
+            for r in rows:
+                v = raw[r]
+                reason = (
+                    f"event-time column {spec.time!r} is missing"
+                    if v is None
+                    else f"cannot parse event time {v!r} from column {spec.time!r}"
+                )
+                self._bad(rb, r, reason)
+            keep = ~bad
+            df = df.filter(keep)
+            ts = ts.filter(keep)
+        return df.with_columns(ts.alias(TIME))
+
+    def _to_millis(self, raw: pl.Series) -> pl.Series:
+        dt = raw.dtype
+        if dt == pl.Datetime or isinstance(dt, pl.Datetime):
+            return raw.dt.epoch("ms")
+        if dt == pl.Date:
+            return raw.cast(pl.Datetime("ms")).dt.epoch("ms")
+        if dt == pl.String:
+            fmt = self.spec.time_format
+            parsed = raw.str.to_datetime(format=fmt, strict=False, time_unit="ms")
+            if parsed.dtype.time_zone is not None:  # type: ignore[attr-defined]
+                parsed = parsed.dt.convert_time_zone("UTC")
+            return parsed.dt.epoch("ms")
+        if dt.is_numeric():
+            mult = _TIME_UNITS[self.spec.time_unit]
+            if mult == 1:
+                return raw.cast(pl.Int64, strict=False)
+            return (raw * mult).floor().cast(pl.Int64, strict=False)
+        return pl.Series([None] * len(raw), dtype=pl.Int64)
+
+    def _bad(self, rb: ReadBatch, row: int, reason: str) -> None:
+        raw = None
+        try:
+            raw = str(rb.data.row(row, named=True)) if row < rb.data.height else None
+        except Exception:  # pragma: no cover - best effort context
+            raw = None
+        self._rctx.bad_record(reason, file=rb.file, line=rb.line_of(row), raw=raw)
+        dead = self._rctx.take_dead_letters()
+        if dead is not None:
+            self.metrics.add("dead_letters", dead.height)
+            self.output.emit_side("dead_letter", dead)
+
+
+def _filtered(rb: ReadBatch, keep: pl.Series) -> ReadBatch:
+    import numpy as np
+
+    lines = np.asarray([rb.line_of(i) for i in range(rb.data.height)])[keep.to_numpy()]
+    return ReadBatch(rb.data.filter(keep), rb.file, rb.first_line, lines)
+
+
+def _dtype(v: Any) -> pl.DataType:
+    if isinstance(v, pl.DataType):
+        return v
+    if isinstance(v, type) and issubclass(v, pl.DataType):
+        return v()
+    py = {int: pl.Int64(), float: pl.Float64(), str: pl.String(), bool: pl.Boolean()}
+    if v in py:
+        return py[v]
+    raise BadRecordError("schema", f"unsupported schema type {v!r}")
+
+
+__all__ = ["SourceOperator", "SourceSpec"]

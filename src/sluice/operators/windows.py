@@ -1,0 +1,302 @@
+"""Keyed window aggregation: tumbling, sliding, session and global windows.
+
+State is a table of partial aggregates, one row per (key, window), plus two
+flags: ``__dirty`` (changed since last emitted) and ``__fired`` (final firing
+done). New partials are appended and merged lazily (when something is due to
+fire, or when enough has piled up), so the hot path is one vectorized
+``group_by`` per batch.
+
+Firing (docs/event-time.md): a window fires when the watermark reaches
+``end - 1``; with allowed lateness its state is kept until ``end - 1 + L``
+and a late-but-allowed update re-fires it at once; elements whose windows are
+all past cleanup go to the ``late`` side output and are counted.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+import polars as pl
+
+from sluice.operators.aggregations import BoundAgg
+from sluice.operators.base import Operator, OperatorContext
+from sluice.operators.partials import Partials
+from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
+from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
+
+WS, WE, DIRTY, FIRED = "__ws", "__we", "__dirty", "__fired"
+_COMPACT_ROWS = 200_000
+
+
+class WindowOperator(Operator):
+    """Aggregates keyed (or non-keyed, ``keys=[]``) windows."""
+
+    def __init__(
+        self,
+        name: str,
+        keys: list[str],
+        spec: WindowSpec,
+        aggs: list[BoundAgg],
+        allowed_lateness_ms: int = 0,
+        trigger: Trigger | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.keys = keys
+        self.spec = spec
+        self.partials = Partials(aggs)
+        self.lateness = allowed_lateness_ms
+        self.trigger = trigger if not isinstance(spec, Global) else spec.trigger
+        self.purge = isinstance(spec, Global) and spec.purge
+        self.processing = spec.time == "processing"
+        self.session = isinstance(spec, Session)
+        self.group = [*keys, WS, WE]
+        self.state: pl.DataFrame | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+        self.next_fire = MAX_TIME  # min end-1 over unfired windows (incl. pending)
+        self.next_cleanup = MAX_TIME  # min end-1+L over all windows
+        self._timer_at = MAX_TIME
+
+    def open(self, ctx: OperatorContext) -> None:
+        super().open(ctx)
+        if self.trigger is not None and self.trigger.every_ms:
+            self._schedule_periodic(ctx.now() + self.trigger.every_ms)
+
+    # -- assignment ----------------------------------------------------------------
+    def _assign(self, batch: pl.DataFrame) -> pl.DataFrame:
+        t = pl.col(TIME)
+        spec = self.spec
+        if isinstance(spec, Tumbling):
+            ws = t - (t - spec.offset_ms) % spec.size_ms
+            return batch.with_columns(ws.alias(WS), (ws + spec.size_ms).alias(WE))
+        if isinstance(spec, Sliding):
+            last = t - (t - spec.offset_ms) % spec.slide_ms
+            n = ceil(spec.size_ms / spec.slide_ms)
+            parts = []
+            for k in range(n):
+                ws = last - k * spec.slide_ms
+                part = batch.with_columns(ws.alias(WS), (ws + spec.size_ms).alias(WE))
+                if k:
+                    part = part.filter(pl.col(WS) > t - spec.size_ms)
+                parts.append(part)
+            return pl.concat(parts) if len(parts) > 1 else parts[0]
+        if isinstance(spec, Session):
+            gap = (
+                pl.lit(spec.gap_ms, pl.Int64)
+                if spec.gap_expr is None
+                else spec.gap_expr.cast(pl.Int64)
+            )
+            return batch.with_columns(t.alias(WS), (t + gap).alias(WE))
+        # global window
+        return batch.with_columns(pl.lit(MIN_TIME).alias(WS), pl.lit(MAX_TIME).alias(WE))
+
+    # -- data ------------------------------------------------------------------------
+    def process_batch(self, batch: pl.DataFrame) -> None:
+        if self.processing:
+            batch = batch.with_columns(pl.lit(self.ctx.now() if self.ctx else 0).alias(TIME))
+        assigned = self._assign(batch)
+        wm = self.watermark if not self.processing else MIN_TIME
+        if wm > MIN_TIME and not isinstance(self.spec, Global):
+            assigned = self._drop_late(batch, assigned, wm)
+            if assigned.height == 0:
+                return
+        if self.session:
+            part = self._sessions_from_rows(assigned)
+        else:
+            part = self.partials.from_rows(assigned, self.group)
+        part = part.with_columns(pl.lit(True).alias(DIRTY), pl.lit(False).alias(FIRED))
+        self.pending.append(part)
+        self.pending_rows += part.height
+        mn = part.get_column(WE).min()
+        if mn is not None and int(mn) - 1 < self.next_fire:  # type: ignore[arg-type]
+            self.next_fire = int(mn) - 1  # type: ignore[arg-type]
+        if self.next_fire <= wm:
+            self._fire(wm)  # late-but-allowed updates re-fire at once
+        if self.trigger is not None and self.trigger.on_update:
+            self._early_fire()
+        elif self.pending_rows > _COMPACT_ROWS:
+            self._compact()
+        if self.processing:
+            self._schedule_processing_fire()
+
+    def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
+        late = pl.col(WE) - 1 + self.lateness <= wm
+        if self.session and self.state is not None and self.state.height:
+            # a late session window may still merge into a kept session
+            cand = assigned.with_row_index("__r").filter(late)
+            if cand.height:
+                st = self.state.select(
+                    *self.keys, pl.col(WS).alias("__sws"), pl.col(WE).alias("__swe")
+                )
+                joined = (
+                    cand.join(st, on=self.keys, how="inner")
+                    if self.keys
+                    else cand.join(st, how="cross")
+                )
+                ok = joined.filter(
+                    (pl.col(WS) <= pl.col("__swe")) & (pl.col(WE) >= pl.col("__sws"))
+                )
+                rescued = set(ok.get_column("__r").to_list())
+                if rescued:
+                    idx = pl.int_range(pl.len())
+                    late = late & ~idx.is_in(list(rescued))
+        mask = assigned.select(late.alias("l")).get_column("l")
+        if not mask.any():
+            return assigned
+        if isinstance(self.spec, Sliding):
+            # an element is late when all its windows are; its latest window is first
+            n_el = batch.height
+            el_late = mask.head(n_el)
+            dropped_pairs = int(mask.sum()) - int(el_late.sum())
+            if dropped_pairs:
+                self.metrics.add("late_window_assignments_dropped", dropped_pairs)
+        else:
+            el_late = mask
+        late_rows = batch.filter(el_late)
+        if late_rows.height:
+            self.metrics.late_dropped += late_rows.height
+            self.output.emit_side("late", late_rows)
+        return assigned.filter(~mask)
+
+    def _sessions_from_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
+        rows = rows.sort([*self.keys, WS])
+        rows = rows.with_columns(_session_ids(self.keys))
+        parts = self.partials.from_rows(
+            rows, [*self.keys, "__sid"], [pl.col(WS).min(), pl.col(WE).max()]
+        )
+        return parts.drop("__sid")
+
+    # -- state maintenance -------------------------------------------------------------
+    def _compact(self) -> None:
+        if not self.pending:
+            return
+        frames = ([self.state] if self.state is not None else []) + self.pending
+        self.pending = []
+        self.pending_rows = 0
+        allp = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
+        if self.session:
+            allp = allp.sort([*self.keys, WS]).with_columns(_session_ids(self.keys))
+            merged = self.partials.merge(
+                allp, [*self.keys, "__sid"], [pl.col(WS).min(), pl.col(WE).max(), *flags]
+            ).drop("__sid")
+        else:
+            merged = self.partials.merge(allp, self.group, flags)
+        self.state = merged
+
+    def _recompute_bounds(self) -> None:
+        st = self.state
+        if st is None or st.height == 0:
+            self.next_fire = MAX_TIME
+            self.next_cleanup = MAX_TIME
+            return
+        unf = st.filter(~pl.col(FIRED) | pl.col(DIRTY)).get_column(WE).min()
+        self.next_fire = int(unf) - 1 if unf is not None else MAX_TIME  # type: ignore[arg-type]
+        mn = st.get_column(WE).min()
+        self.next_cleanup = min(int(mn) - 1 + self.lateness, MAX_TIME)  # type: ignore[arg-type]
+
+    def _fire(self, wm: int) -> None:
+        self._compact()
+        st = self.state
+        if st is None or st.height == 0:
+            self._recompute_bounds()
+            return
+        due_mask = (pl.col(WE) - 1 <= wm) & (pl.col(DIRTY) | ~pl.col(FIRED))
+        due = st.filter(due_mask)
+        if due.height:
+            self._emit_results(due)
+            st = st.with_columns(
+                pl.when(due_mask).then(False).otherwise(pl.col(DIRTY)).alias(DIRTY),
+                pl.when(due_mask).then(True).otherwise(pl.col(FIRED)).alias(FIRED),
+            )
+        if wm == MAX_TIME:
+            st = st.clear()
+        else:
+            keep = pl.col(WE) - 1 + self.lateness > wm
+            st = st.filter(keep)
+        self.state = st
+        self._recompute_bounds()
+
+    def _early_fire(self) -> None:
+        self._compact()
+        st = self.state
+        if st is None:
+            return
+        dirty = st.filter(pl.col(DIRTY))
+        if dirty.height:
+            self._emit_results(dirty)
+            if self.purge:
+                self.state = st.filter(~pl.col(DIRTY))
+            else:
+                self.state = st.with_columns(pl.lit(False).alias(DIRTY))
+
+    def _emit_results(self, windows: pl.DataFrame) -> None:
+        res = self.partials.results(windows)
+        is_global = isinstance(self.spec, Global)
+        ws = pl.lit(None, pl.Datetime("ms")) if is_global else pl.col(WS).cast(pl.Datetime("ms"))
+        we = pl.lit(None, pl.Datetime("ms")) if is_global else pl.col(WE).cast(pl.Datetime("ms"))
+        tcol = (
+            pl.lit(self.watermark if is_global else None, pl.Int64) if is_global else pl.col(WE) - 1
+        )
+        out = res.select(
+            *self.keys,
+            ws.alias("window_start"),
+            we.alias("window_end"),
+            *self.partials.out_names,
+            tcol.alias(TIME),
+        )
+        self.emit(out)
+
+    # -- time ----------------------------------------------------------------------------
+    def on_watermark(self, time: int) -> None:
+        if self.processing:
+            if time == MAX_TIME:
+                self._fire(MAX_TIME)
+            return
+        if self.next_fire <= time or self.next_cleanup <= time:
+            self._fire(time)
+
+    def _schedule_processing_fire(self) -> None:
+        if self.next_fire < self._timer_at and self.ctx is not None:
+            self._timer_at = self.next_fire
+            at = self.next_fire
+
+            def cb(now: int, at: int = at) -> None:
+                if self._timer_at == at:
+                    self._timer_at = MAX_TIME
+                self._fire(now)
+                self._schedule_processing_fire()
+
+            self.ctx.timers.register(at, cb)
+
+    def _schedule_periodic(self, at: int) -> None:
+        assert self.ctx is not None and self.trigger is not None and self.trigger.every_ms
+        every = self.trigger.every_ms
+
+        def cb(now: int) -> None:
+            if self._ended:
+                return
+            self._early_fire()
+            self._schedule_periodic(now + every)
+
+        self.ctx.timers.register(at, cb)
+
+    _ended = False
+
+    def on_end(self) -> None:
+        self._ended = True
+        self._fire(MAX_TIME)
+
+
+def _session_ids(keys: list[str]) -> pl.Expr:
+    """Session number of each row of a table sorted by keys and start: a new
+    session starts when the start is after every earlier end of its key
+    (windows that touch merge, as in Flink)."""
+    prev_end = pl.col(WE).cum_max().shift(1)
+    new = pl.col(WS) > prev_end
+    if keys:
+        prev_end = prev_end.over(keys)
+        new = (pl.col(WS) > prev_end).fill_null(True)
+        return new.cast(pl.Int64).cum_sum().over(keys).alias("__sid")
+    return new.fill_null(True).cast(pl.Int64).cum_sum().alias("__sid")

@@ -1,0 +1,31 @@
+"""Control messages that travel in-band with data batches on every channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Event time as integer milliseconds since the epoch.
+MIN_TIME = -(2**63)
+MAX_TIME = 2**63 - 1
+
+#: Name of the internal event-time column (Int64 milliseconds) carried on every edge.
+TIME = "__time"
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """No more events with time <= ``time`` will arrive on this channel."""
+
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """The channel is idle (``idle=True``) or active again (``idle=False``)."""
+
+    idle: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The channel will carry nothing more."""
