@@ -110,6 +110,9 @@ class Source(ABC):
     replayable: bool = True
     #: Whether the source ends by itself.
     bounded: bool = True
+    #: Whether small reads are buffered (up to the linger time) into larger batches.
+    #: Sources that already cut batches of a chosen size set this to False.
+    coalesce: bool = True
     #: Upper bound on the number of subtasks that can read it (None: no bound).
     max_parallelism: int | None = None
 

@@ -66,6 +66,7 @@ class SourceOperator(Operator):
         self.ended = False
         self._idle_sent = False
         self._event_time = spec.time is not None
+        self._coalesce = spec.source.coalesce
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
@@ -110,7 +111,8 @@ class SourceOperator(Operator):
                         sp.buffer.append(batch)
                         sp.buffer_rows += batch.height
             if sp.buffer and (
-                sp.buffer_rows >= self.spec.max_batch_rows // 4
+                not self._coalesce
+                or sp.buffer_rows >= self.spec.max_batch_rows // 4
                 or now - sp.buffer_since >= self.spec.linger_ms
                 or sp.reader.finished
             ):
@@ -179,19 +181,19 @@ class SourceOperator(Operator):
 
     # -- per-batch preparation: schema, event time ---------------------------------
     def _prepare(self, rb: ReadBatch) -> pl.DataFrame:
-        df = self._conform(rb)
+        df, rb = self._conform(rb)
         if self._event_time and df.height:
             df = self._stamp_time(df, rb)
         return df
 
-    def _conform(self, rb: ReadBatch) -> pl.DataFrame:
+    def _conform(self, rb: ReadBatch) -> tuple[pl.DataFrame, ReadBatch]:
         df = rb.data
         if self._schema is None:
             self._schema = dict(df.schema)
-            return df
+            return df, rb
         schema = self._schema
         if dict(df.schema) == schema:
-            return df
+            return df, rb
         missing = [c for c in schema if c not in df.columns]
         extra = [c for c in df.columns if c not in schema]
         if extra:
@@ -235,7 +237,7 @@ class SourceOperator(Operator):
                 keep = pl.Series([i not in bad_rows for i in range(df.height)])
                 df = df.filter(keep)
                 rb = _filtered(rb, keep)
-        return df.select(list(schema))
+        return df.select(list(schema)), rb
 
     def _stamp_time(self, df: pl.DataFrame, rb: ReadBatch) -> pl.DataFrame:
         spec = self.spec

@@ -54,6 +54,7 @@ class MemorySource(Source):
     name = "memory"
     replayable = True
     bounded = True
+    coalesce = False
 
     def __init__(self, data: Any, *, batch_size: int = _CHUNK, name: str = "memory") -> None:
         self.frame = to_frame(data)

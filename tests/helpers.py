@@ -1,0 +1,45 @@
+"""Test helpers: run a small flow and get its output as a DataFrame."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+import sluice as sl
+
+
+def run_collect(
+    build: Callable[[sl.Flow], sl.Stream],
+    *,
+    parallelism: int = 1,
+    **flow_kwargs: Any,
+) -> pl.DataFrame:
+    """Build a flow with ``build(flow) -> stream``, run it, return the stream's rows."""
+    flow = sl.Flow("test", parallelism=parallelism, **flow_kwargs)
+    out = sl.sinks.collect()
+    build(flow).sink(out)
+    flow.run()
+    return out.to_polars()
+
+
+def same_rows(a: pl.DataFrame, b: pl.DataFrame, *, tol: float | None = None) -> bool:
+    """Multiset equality of rows (column order of ``b`` follows ``a``)."""
+    if a.height != b.height or set(a.columns) != set(b.columns):
+        return False
+    if a.height == 0:
+        return True
+    b = b.select(a.columns)
+    cols = a.columns
+    sa = a.sort(cols, nulls_last=True)
+    sb = b.sort(cols, nulls_last=True)
+    if tol is None:
+        return sa.equals(sb)
+    from polars.testing import assert_frame_equal
+
+    try:
+        assert_frame_equal(sa, sb, check_dtypes=False, abs_tol=tol)
+    except AssertionError:
+        return False
+    return True

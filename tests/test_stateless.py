@@ -1,0 +1,123 @@
+"""Stateless operators, exchanges and plans."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import sluice as sl
+from tests.helpers import run_collect, same_rows
+
+ROWS = [
+    {"user": f"u{i % 7}", "kind": "click" if i % 3 else "view", "amount": i, "ts": i * 10}
+    for i in range(200)
+]
+
+
+def test_filter_select_with_columns_match_polars():
+    df = pl.DataFrame(ROWS)
+    got = run_collect(
+        lambda f: (
+            f.source(sl.sources.memory(df, batch_size=17), time="ts")
+            .filter(pl.col("kind") == "click")
+            .with_columns(double=pl.col("amount") * 2)
+            .select("user", "double")
+        )
+    )
+    want = df.filter(pl.col("kind") == "click").select("user", double=pl.col("amount") * 2)
+    assert same_rows(got, want)
+
+
+def test_map_flat_map_keep_event_time_and_feed_windows():
+    rows = [{"k": "a", "ts": 100, "v": 1}, {"k": "a", "ts": 1100, "v": 2}]
+    got = run_collect(
+        lambda f: (
+            f.source(rows, time="ts")
+            .map(lambda r: {"k": r["k"], "v": r["v"] * 10})
+            .flat_map(lambda r: [r, {"k": r["k"], "v": 1}])
+            .key_by("k")
+            .window(sl.windows.tumbling("1s"))
+            .agg(total=sl.agg.sum("v"))
+        )
+    )
+    assert sorted(got["total"].to_list()) == [11, 21]
+
+
+def test_python_predicate_filter():
+    got = run_collect(lambda f: f.source(ROWS).filter(lambda r: r["amount"] % 50 == 0))
+    assert sorted(got["amount"].to_list()) == [0, 50, 100, 150]
+
+
+def test_union_merges_streams_and_min_watermark():
+    a = [{"k": "x", "ts": t, "v": 1} for t in (0, 500, 1500)]
+    b = [{"k": "x", "ts": t, "v": 10} for t in (200, 900)]
+
+    def build(f: sl.Flow) -> sl.Stream:
+        sa = f.source(a, time="ts")
+        sb = f.source(b, time="ts")
+        return sa.union(sb).key_by("k").window(sl.windows.tumbling("1s")).agg(total=sl.agg.sum("v"))
+
+    got = run_collect(build)
+    assert sorted(got["total"].to_list()) == [1, 22]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 4])
+def test_hash_exchange_routes_each_key_to_one_subtask(parallelism):
+    class Seen(sl.KeyedProcessFunction):
+        def process_element(self, row, ctx):
+            yield {"user": row["user"], "n": 1}
+
+    flow = sl.Flow("h", parallelism=parallelism)
+    out = sl.sinks.collect()
+    flow.source(sl.sources.memory(pl.DataFrame(ROWS), batch_size=13)).key_by("user").process(
+        Seen()
+    ).sink(out)
+    res = flow.run()
+    assert out.to_polars().height == len(ROWS)
+    # the process operator ran on `parallelism` subtasks; keys never split across them
+    assert res.metrics["process"].records_in == len(ROWS)
+
+
+def test_parallelism_changes_nothing_in_results():
+    df = pl.DataFrame(ROWS)
+
+    def build(f: sl.Flow) -> sl.Stream:
+        return (
+            f.source(sl.sources.memory(df, batch_size=9), time="ts", watermark="50ms")
+            .filter(pl.col("amount") > 3)
+            .key_by("user")
+            .window(sl.windows.tumbling("100ms"))
+            .agg(n=sl.agg.count(), s=sl.agg.sum("amount"))
+        )
+
+    one = run_collect(build, parallelism=1)
+    four = run_collect(build, parallelism=4)
+    assert one.height > 0 and same_rows(one, four)
+
+
+def test_physical_plan_chains_forward_edges_and_hashes_keys():
+    flow = sl.Flow("p", parallelism=3)
+    (
+        flow.source(ROWS, time="ts")
+        .filter(pl.col("amount") > 0)
+        .key_by("user")
+        .window(sl.windows.tumbling("1s"))
+        .agg(n=sl.agg.count())
+        .sink(sl.sinks.collect())
+    )
+    text = flow.physical_plan().describe()
+    assert "filter x3  <= memory -chain->" in text
+    assert "window x3  <= filter -hash->" in text
+
+
+def test_no_sink_is_a_plan_error():
+    flow = sl.Flow("nosink")
+    flow.source(ROWS)
+    with pytest.raises(sl.PlanError, match="no sink"):
+        flow.run()
+
+
+def test_event_time_window_without_time_column_is_rejected():
+    flow = sl.Flow("x")
+    with pytest.raises(sl.ConfigError, match="time="):
+        flow.source(ROWS).key_by("user").window(sl.windows.tumbling("1s"))
