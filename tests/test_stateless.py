@@ -121,3 +121,12 @@ def test_event_time_window_without_time_column_is_rejected():
     flow = sl.Flow("x")
     with pytest.raises(sl.ConfigError, match="time="):
         flow.source(ROWS).key_by("user").window(sl.windows.tumbling("1s"))
+
+
+def test_failing_user_expression_names_the_operator():
+    flow = sl.Flow("boom")
+    flow.source([{"x": "a"}]).with_columns(y=pl.col("x").cast(pl.Int64, strict=True)).sink(
+        sl.sinks.collect()
+    )
+    with pytest.raises(sl.JobError, match="with_columns"):
+        flow.run()

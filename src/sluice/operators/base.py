@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.errors import JobError, SluiceError
 from sluice.runtime.messages import MIN_TIME
 
 
@@ -185,13 +186,29 @@ class Operator(Target):
         m = self.metrics
         m.records_in += batch.height
         m.batches_in += 1
-        self.process_batch(batch)
+        try:
+            self.process_batch(batch)
+        except SluiceError:
+            raise
+        except Exception as e:
+            raise self._failure(e, f"a batch of {batch.height} rows") from e
+
+    def _failure(self, e: Exception, what: str) -> JobError:
+        where = f"operator {self.name!r}"
+        if self.ctx is not None and self.ctx.parallelism > 1:
+            where += f" (subtask {self.ctx.subtask} of {self.ctx.parallelism})"
+        return JobError(f"{where} failed on {what}: {type(e).__name__}: {e}")
 
     def push_watermark(self, time: int) -> None:
         if time <= self.watermark:
             return
         self.watermark = time
-        self.on_watermark(time)
+        try:
+            self.on_watermark(time)
+        except SluiceError:
+            raise
+        except Exception as e:
+            raise self._failure(e, f"watermark {time}") from e
         self.output.watermark(time)
 
     def push_idle(self, idle: bool) -> None:

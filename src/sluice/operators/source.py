@@ -146,7 +146,7 @@ class SourceOperator(Operator):
             sp.wm.watermark for sp in self._splits if not sp.wm.idle and not sp.reader.finished
         ]
         if not active:
-            if any(sp.wm.idle for sp in self._splits) and not self._idle_sent:
+            if not self._idle_sent:
                 self._idle_sent = True
                 self.output.idle(True)
                 return True
@@ -163,6 +163,9 @@ class SourceOperator(Operator):
 
     def _finish(self) -> None:
         self.ended = True
+        if self._idle_sent:
+            self._idle_sent = False
+            self.output.idle(False)
         self.push_watermark(MAX_TIME)
         for sp in self._splits:
             sp.reader.close()
