@@ -96,7 +96,7 @@ class CountWindowOperator(Operator):
         lo = (
             (pl.col(FIRE) - self.size).clip(lower_bound=0) // self.pane
             if self.size is not None
-            else pl.lit(0)
+            else pl.lit(-1)  # the folded running pane of a global window
         )
         hi = pl.col(FIRE) // self.pane
         j = fires.join(self.panes, on=by, how="inner").filter(
