@@ -122,6 +122,8 @@ class WindowOperator(Operator):
 
     def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
         late = pl.col(WE) - 1 + self.lateness <= wm
+        if self.session and self.pending and assigned.select(late.any()).item():
+            self._compact()  # late rows may still merge into a pending session
         if self.session and self.state is not None and self.state.height:
             # a late session window may still merge into a kept session
             cand = assigned.with_row_index("__r").filter(late)
