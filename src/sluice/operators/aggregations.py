@@ -83,8 +83,8 @@ class _Simple(Agg):
             tfn = "min" if self.kind == "first" else "max"
             if self.kind == "last":
                 # last by event time; among equal times the last to arrive wins
-                vexpr = c.reverse().get(pl.col(TIME).reverse().arg_max())
-                mexpr = pl.col(v).reverse().get(pl.col(t).reverse().arg_max())
+                vexpr = c.filter(pl.col(TIME) == pl.col(TIME).max()).last()
+                mexpr = pl.col(v).filter(pl.col(t) == pl.col(t).max()).last()
             else:
                 vexpr = c.get(getattr(pl.col(TIME), pick)())
                 mexpr = pl.col(v).get(getattr(pl.col(t), pick)())

@@ -99,8 +99,10 @@ class CountWindowOperator(Operator):
             else pl.lit(-1)  # the folded running pane of a global window
         )
         hi = pl.col(FIRE) // self.pane
-        j = fires.join(self.panes, on=by, how="inner").filter(
-            (pl.col(PANE) >= lo) & (pl.col(PANE) < hi)
+        j = (
+            fires.join(self.panes, on=by, how="inner")
+            .filter((pl.col(PANE) >= lo) & (pl.col(PANE) < hi))
+            .sort([*by, FIRE, PANE])  # merge panes in arrival order (collect_list)
         )
         merged = self.partials.merge(
             j.drop(PANE), [*by, FIRE], [pl.col(N).sum(), pl.col(TMAX).max()]

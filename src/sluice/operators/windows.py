@@ -24,7 +24,7 @@ from sluice.operators.partials import Partials
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
 
-WS, WE, DIRTY, FIRED = "__ws", "__we", "__dirty", "__fired"
+WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
 _COMPACT_ROWS = 200_000
 
 
@@ -57,6 +57,7 @@ class WindowOperator(Operator):
         self.next_fire = MAX_TIME  # min end-1 over unfired windows (incl. pending)
         self.next_cleanup = MAX_TIME  # min end-1+L over all windows
         self._timer_at = MAX_TIME
+        self._batch_no = 0
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
@@ -122,27 +123,8 @@ class WindowOperator(Operator):
 
     def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
         late = pl.col(WE) - 1 + self.lateness <= wm
-        if self.session and self.pending and assigned.select(late.any()).item():
-            self._compact()  # late rows may still merge into a pending session
-        if self.session and self.state is not None and self.state.height:
-            # a late session window may still merge into a kept session
-            cand = assigned.with_row_index("__r").filter(late)
-            if cand.height:
-                st = self.state.select(
-                    *self.keys, pl.col(WS).alias("__sws"), pl.col(WE).alias("__swe")
-                )
-                joined = (
-                    cand.join(st, on=self.keys, how="inner")
-                    if self.keys
-                    else cand.join(st, how="cross")
-                )
-                ok = joined.filter(
-                    (pl.col(WS) <= pl.col("__swe")) & (pl.col(WE) >= pl.col("__sws"))
-                )
-                rescued = set(ok.get_column("__r").to_list())
-                if rescued:
-                    idx = pl.int_range(pl.len())
-                    late = late & ~idx.is_in(list(rescued))
+        if self.session and assigned.select(late.any()).item():
+            late = self._rescue_session_rows(assigned, late)
         mask = assigned.select(late.alias("l")).get_column("l")
         if not mask.any():
             return assigned
@@ -161,11 +143,38 @@ class WindowOperator(Operator):
             self.output.emit_side("late", late_rows)
         return assigned.filter(~mask)
 
+    def _rescue_session_rows(self, assigned: pl.DataFrame, late: pl.Expr) -> pl.Expr:
+        """A row whose own session window is late still counts when it merges
+        into a kept session or a non-late row of this batch (as in Flink, where
+        lateness is judged on the merged window)."""
+        self._compact()
+        anchors = [assigned.filter(~late).select(*self.keys, WS, WE)]
+        if self.state is not None and self.state.height:
+            anchors.append(self.state.select(*self.keys, WS, WE))
+        anchor = pl.concat(anchors).rename({WS: "__sws", WE: "__swe"})
+        cand = assigned.with_row_index("__r").filter(late)
+        if not anchor.height:
+            return late
+        joined = (
+            cand.join(anchor, on=self.keys, how="inner")
+            if self.keys
+            else cand.join(anchor, how="cross")
+        )
+        ok = joined.filter((pl.col(WS) <= pl.col("__swe")) & (pl.col(WE) >= pl.col("__sws")))
+        rescued = ok.get_column("__r").unique()
+        if rescued.len() == 0:
+            return late
+        return late & ~pl.int_range(pl.len()).is_in(rescued.implode())
+
     def _sessions_from_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
-        rows = rows.sort([*self.keys, WS])
-        rows = rows.with_columns(_session_ids(self.keys))
+        # sessionize in time order, aggregate in arrival order (collect_list)
+        rows = rows.with_row_index("__arr").sort([*self.keys, WS])
+        rows = rows.with_columns(_session_ids(self.keys)).sort("__arr")
+        self._batch_no += 1
         parts = self.partials.from_rows(
-            rows, [*self.keys, "__sid"], [pl.col(WS).min(), pl.col(WE).max()]
+            rows,
+            [*self.keys, "__sid"],
+            [pl.col(WS).min(), pl.col(WE).max(), pl.lit(self._batch_no, pl.Int64).alias(SEQ)],
         )
         return parts.drop("__sid")
 
@@ -179,9 +188,15 @@ class WindowOperator(Operator):
         allp = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
         flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
         if self.session:
-            allp = allp.sort([*self.keys, WS]).with_columns(_session_ids(self.keys))
+            allp = (
+                allp.sort([*self.keys, WS])
+                .with_columns(_session_ids(self.keys))
+                .sort(SEQ, maintain_order=True)
+            )
             merged = self.partials.merge(
-                allp, [*self.keys, "__sid"], [pl.col(WS).min(), pl.col(WE).max(), *flags]
+                allp,
+                [*self.keys, "__sid"],
+                [pl.col(WS).min(), pl.col(WE).max(), pl.col(SEQ).min(), *flags],
             ).drop("__sid")
         else:
             merged = self.partials.merge(allp, self.group, flags)
