@@ -1,5 +1,30 @@
 """Sink connectors: ``sl.sinks.collect()``, ``sl.sinks.parquet("out/")``, ..."""
 
+from sluice.connectors.sinks.callback import CallbackSink, callback
 from sluice.connectors.sinks.collect import CollectSink, collect
+from sluice.connectors.sinks.files import (
+    CsvSink,
+    FileSink,
+    JsonlSink,
+    ParquetSink,
+    csv,
+    jsonl,
+    parquet,
+)
+from sluice.connectors.sinks.stdout import StdoutSink, stdout
 
-__all__ = ["CollectSink", "collect"]
+__all__ = [
+    "CallbackSink",
+    "CollectSink",
+    "CsvSink",
+    "FileSink",
+    "JsonlSink",
+    "ParquetSink",
+    "StdoutSink",
+    "callback",
+    "collect",
+    "csv",
+    "jsonl",
+    "parquet",
+    "stdout",
+]

@@ -40,6 +40,7 @@ class CountWindowOperator(Operator):
             self.slide = n
             self.pane = n
             self.purge_all = False
+        self.is_global = isinstance(spec, Global)
         self.panes: pl.DataFrame | None = None
         self.counts: pl.DataFrame | None = None
         self._by = keys or ["__all"]
@@ -108,7 +109,12 @@ class CountWindowOperator(Operator):
             j.drop(PANE), [*by, FIRE], [pl.col(N).sum(), pl.col(TMAX).max()]
         ).sort([*by, FIRE])
         res = self.partials.results(merged)
-        out = res.select(*self.keys, *self.partials.out_names, pl.col(TMAX).alias(TIME))
+        win = (
+            [pl.lit(None, pl.Datetime("ms")).alias(c) for c in ("window_start", "window_end")]
+            if self.is_global
+            else []
+        )
+        out = res.select(*self.keys, *win, *self.partials.out_names, pl.col(TMAX).alias(TIME))
         self.emit(out)
         # drop panes no future window needs
         last = fires.group_by(by).agg(pl.col(FIRE).max().alias("__last"))

@@ -190,6 +190,12 @@ class SourceOperator(Operator):
         return df
 
     def _conform(self, rb: ReadBatch) -> tuple[pl.DataFrame, ReadBatch]:
+        """Make the batch match the stream's schema; report rows that cannot.
+
+        With a declared schema, fields outside it are bad records. Without one,
+        the schema is inferred and evolves: new fields are added, and a column
+        first seen all-null takes the type of its first non-null values.
+        """
         df = rb.data
         if self._schema is None:
             self._schema = dict(df.schema)
@@ -197,50 +203,48 @@ class SourceOperator(Operator):
         schema = self._schema
         if dict(df.schema) == schema:
             return df, rb
-        missing = [c for c in schema if c not in df.columns]
-        extra = [c for c in df.columns if c not in schema]
-        if extra:
-            row = 0
-            col = extra[0]
-            nn = df.get_column(col).is_not_null()
-            if nn.any():
-                row = int(nn.arg_true()[0])
+        declared = self.spec.schema is not None
+        bad_rows: set[int] = set()
+        for c in [c for c in df.columns if c not in schema]:
+            if not declared:
+                schema[c] = df.schema[c]
+                continue
+            for r in df.get_column(c).is_not_null().arg_true().to_list():
                 self._bad(
                     rb,
-                    row,
-                    f"field {col!r} is not in the schema {list(schema)}; "
+                    r,
+                    f"field {c!r} is not in the schema {list(schema)}; "
                     "declare it with schema= on the source",
                 )
-            df = df.drop(extra)
+                bad_rows.add(r)
+        if not declared:
+            for c, dt in list(schema.items()):
+                if dt == pl.Null and c in df.columns and df.schema[c] != pl.Null:
+                    schema[c] = df.schema[c]
+        missing = [c for c in schema if c not in df.columns]
         if missing:
-            df = df.with_columns(pl.lit(None).alias(c) for c in missing)
-        casts = []
+            df = df.with_columns(pl.lit(None, schema[c]).alias(c) for c in missing)
         for c, dt in schema.items():
-            if df.schema[c] != dt:
-                casts.append(c)
-        if casts:
-            bad_rows: set[int] = set()
-            for c in casts:
-                src = df.get_column(c)
-                try:
-                    df = df.with_columns(src.cast(schema[c], strict=True).alias(c))
-                except Exception:
-                    conv = src.cast(schema[c], strict=False)
-                    bad = (conv.is_null() & src.is_not_null()).arg_true().to_list()
-                    for r in bad:
-                        self._bad(
-                            rb,
-                            r,
-                            f"field {c!r} has value {src[r]!r} that does not match "
-                            f"the schema type {schema[c]}",
-                        )
-                    bad_rows.update(bad)
-                    df = df.with_columns(conv.alias(c))
-            if bad_rows:
-                keep = pl.Series([i not in bad_rows for i in range(df.height)])
-                df = df.filter(keep)
-                rb = _filtered(rb, keep)
-        return df.select(list(schema)), rb
+            if df.schema[c] == dt:
+                continue
+            src = df.get_column(c)
+            conv = _cast_checked(src, dt)
+            bad = (conv.is_null() & src.is_not_null()).arg_true().to_list()
+            for r in bad:
+                if r not in bad_rows:
+                    self._bad(
+                        rb,
+                        r,
+                        f"field {c!r} has value {src[r]!r} that does not match the schema type {dt}",
+                    )
+            bad_rows.update(bad)
+            df = df.with_columns(conv.alias(c))
+        df = df.select(list(schema))
+        if bad_rows:
+            keep = pl.Series([i not in bad_rows for i in range(df.height)])
+            df = df.filter(keep)
+            rb = _filtered(rb, keep)
+        return df, rb
 
     def _stamp_time(self, df: pl.DataFrame, rb: ReadBatch) -> pl.DataFrame:
         spec = self.spec
@@ -275,7 +279,12 @@ class SourceOperator(Operator):
             return raw.cast(pl.Datetime("ms")).dt.epoch("ms")
         if dt == pl.String:
             fmt = self.spec.time_format
-            parsed = raw.str.to_datetime(format=fmt, strict=False, time_unit="ms")
+            try:
+                parsed = raw.str.to_datetime(format=fmt, strict=False, time_unit="ms")
+            except pl.exceptions.PolarsError:
+                if fmt is not None:
+                    raise
+                return _iso_millis(raw)  # no format could be inferred from the values
             if parsed.dtype.time_zone is not None:  # type: ignore[attr-defined]
                 parsed = parsed.dt.convert_time_zone("UTC")
             return parsed.dt.epoch("ms")
@@ -297,6 +306,50 @@ class SourceOperator(Operator):
         if dead is not None:
             self.metrics.add("dead_letters", dead.height)
             self.output.emit_side("dead_letter", dead)
+
+
+def _cast_checked(src: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """Cast without losing information: values that do not convert exactly
+    (unparsable strings, 2.5 to an integer, overflow) become null."""
+    if src.dtype == pl.Null:
+        return src.cast(dtype)
+    if dtype == pl.Boolean and src.dtype == pl.String:
+        low = src.str.strip_chars().str.to_lowercase()
+        return (
+            pl.select(
+                pl.when(low.is_in(["true", "1", "yes"]))
+                .then(True)
+                .when(low.is_in(["false", "0", "no"]))
+                .then(False)
+                .otherwise(None)
+            )
+            .to_series()
+            .alias(src.name)
+        )
+    try:
+        conv = src.cast(dtype, strict=False)
+    except pl.exceptions.PolarsError:
+        return pl.Series(src.name, [None] * len(src), dtype=dtype)
+    if src.dtype.is_float() and dtype.is_integer():
+        exact = conv.cast(pl.Float64) == src
+        conv = conv.set(~exact.fill_null(True) & src.is_not_null(), None)  # type: ignore[arg-type]
+    return conv
+
+
+def _iso_millis(raw: pl.Series) -> pl.Series:
+    from datetime import UTC, datetime
+
+    out: list[int | None] = []
+    for v in raw:
+        try:
+            d = datetime.fromisoformat(v)
+        except (TypeError, ValueError):
+            out.append(None)
+            continue
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=UTC)
+        out.append(int(d.timestamp() * 1000))
+    return pl.Series(raw.name, out, dtype=pl.Int64)
 
 
 def _filtered(rb: ReadBatch, keep: pl.Series) -> ReadBatch:

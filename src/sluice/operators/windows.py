@@ -144,27 +144,51 @@ class WindowOperator(Operator):
         return assigned.filter(~mask)
 
     def _rescue_session_rows(self, assigned: pl.DataFrame, late: pl.Expr) -> pl.Expr:
-        """A row whose own session window is late still counts when it merges
-        into a kept session or a non-late row of this batch (as in Flink, where
-        lateness is judged on the merged window)."""
+        """Judge lateness on the merged session, element by element as in Flink.
+
+        A row whose own window ``[t, t + gap)`` is late still counts when, at its
+        arrival, it touches a kept session, a non-late row that arrived before it
+        in this batch, or a late row already rescued. This path only runs for
+        late rows, so it may be sequential.
+        """
         self._compact()
-        anchors = [assigned.filter(~late).select(*self.keys, WS, WE)]
-        if self.state is not None and self.state.height:
-            anchors.append(self.state.select(*self.keys, WS, WE))
-        anchor = pl.concat(anchors).rename({WS: "__sws", WE: "__swe"})
-        cand = assigned.with_row_index("__r").filter(late)
-        if not anchor.height:
+        keys = self.keys
+        rows = assigned.with_row_index("__r").with_columns(late.alias("__late"))
+        cand = rows.filter(pl.col("__late"))
+        if cand.height == 0:
             return late
-        joined = (
-            cand.join(anchor, on=self.keys, how="inner")
-            if self.keys
-            else cand.join(anchor, how="cross")
-        )
-        ok = joined.filter((pl.col(WS) <= pl.col("__swe")) & (pl.col(WE) >= pl.col("__sws")))
-        rescued = ok.get_column("__r").unique()
-        if rescued.len() == 0:
+        ckeys = cand.select(keys).unique() if keys else None
+
+        def key_of(r: dict[str, object]) -> tuple[object, ...]:
+            return tuple(r[k] for k in keys)
+
+        sessions: dict[tuple[object, ...], list[tuple[int, int]]] = {}
+        st = self.state
+        if st is not None and st.height:
+            st = st.join(ckeys, on=keys, how="semi") if ckeys is not None else st
+            for r in st.select(*keys, WS, WE).iter_rows(named=True):
+                sessions.setdefault(key_of(r), []).append((r[WS], r[WE]))
+        early = rows.filter(~pl.col("__late"))
+        if ckeys is not None:
+            early = early.join(ckeys, on=keys, how="semi")
+        pending: dict[tuple[object, ...], list[tuple[int, int, int]]] = {}
+        for r in early.select("__r", *keys, WS, WE).iter_rows(named=True):
+            pending.setdefault(key_of(r), []).append((r["__r"], r[WS], r[WE]))
+        rescued: list[int] = []
+        for r in cand.select("__r", *keys, WS, WE).iter_rows(named=True):
+            k = key_of(r)
+            ivs = sessions.setdefault(k, [])
+            before = pending.get(k)
+            while before and before[0][0] < r["__r"]:
+                _, a, b = before.pop(0)
+                ivs.append((a, b))
+            ws, we = r[WS], r[WE]
+            if any(a <= we and b >= ws for a, b in ivs):
+                rescued.append(r["__r"])
+                ivs.append((ws, we))
+        if not rescued:
             return late
-        return late & ~pl.int_range(pl.len()).is_in(rescued.implode())
+        return late & ~pl.int_range(pl.len()).is_in(pl.Series(rescued, dtype=pl.UInt32).implode())
 
     def _sessions_from_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
         # sessionize in time order, aggregate in arrival order (collect_list)

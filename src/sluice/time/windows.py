@@ -171,8 +171,12 @@ class windows:
 
     @staticmethod
     def global_(trigger: Trigger, *, purge: bool = False) -> Global:
-        """One window per key, emitted only when ``trigger`` fires (and at end
-        of input). ``purge=True`` clears the window after each firing.
+        """One window per key, emitted only when ``trigger`` fires.
+        ``purge=True`` clears the window after each firing. With ``every`` or
+        ``on_update`` triggers the window also fires once at end of input; with a
+        ``count`` trigger, rows after the last firing are not emitted (Flink's
+        ``GlobalWindows`` + ``CountTrigger``). ``window_start``/``window_end``
+        are null.
 
         >>> windows.global_(triggers.count(10)).trigger.count
         10
