@@ -174,6 +174,11 @@ class Flow:
                 signal.signal(signal.SIGTERM, previous)
             self._runtime = None
 
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is executing right now."""
+        return self._runtime is not None
+
     def stop(self) -> None:
         """Stop a running flow (from another thread); sinks are flushed."""
         if self._runtime is not None:

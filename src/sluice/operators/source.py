@@ -8,6 +8,7 @@ latency stays low when idle (adaptive batching).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from sluice.connectors.base import OnError, ReadBatch, ReaderContext, Source, SplitReader
-from sluice.errors import BadRecordError
+from sluice.errors import BadRecordError, JobError, SluiceError
 from sluice.operators.base import Operator, OperatorContext
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.time.watermarks import SplitWatermarks, WatermarkStrategy
@@ -96,7 +97,15 @@ class SourceOperator(Operator):
             if sp.reader.finished and not sp.buffer:
                 continue
             if not sp.reader.finished:
-                rb = sp.reader.poll(self.spec.max_batch_rows)
+                try:
+                    rb = sp.reader.poll(self.spec.max_batch_rows)
+                except SluiceError:
+                    raise
+                except Exception as e:
+                    raise JobError(
+                        f"source {self.name!r} failed reading split {sp.reader.split_id!r}: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
                 dead = self._rctx.take_dead_letters()
                 if dead is not None:
                     self.metrics.add("dead_letters", dead.height)
@@ -287,7 +296,12 @@ class SourceOperator(Operator):
                 return _iso_millis(raw)  # no format could be inferred from the values
             if parsed.dtype.time_zone is not None:  # type: ignore[attr-defined]
                 parsed = parsed.dt.convert_time_zone("UTC")
-            return parsed.dt.epoch("ms")
+            ms = parsed.dt.epoch("ms")
+            if fmt is None:
+                missed = ms.is_null() & raw.is_not_null()
+                if missed.any():  # other ISO-8601 layouts than the inferred one
+                    ms = ms.set(missed, None).zip_with(~missed, _iso_millis(raw))  # type: ignore[arg-type]
+            return ms
         if dt.is_numeric():
             mult = _TIME_UNITS[self.spec.time_unit]
             if mult == 1:
@@ -298,7 +312,8 @@ class SourceOperator(Operator):
     def _bad(self, rb: ReadBatch, row: int, reason: str) -> None:
         raw = None
         try:
-            raw = str(rb.data.row(row, named=True)) if row < rb.data.height else None
+            if row < rb.data.height:
+                raw = json.dumps(rb.data.row(row, named=True), default=str)
         except Exception:  # pragma: no cover - best effort context
             raw = None
         self._rctx.bad_record(reason, file=rb.file, line=rb.line_of(row), raw=raw)
