@@ -130,3 +130,33 @@ def test_failing_user_expression_names_the_operator():
     )
     with pytest.raises(sl.JobError, match="with_columns"):
         flow.run()
+
+
+def test_broadcast_sends_every_row_to_every_subtask():
+    flow = sl.Flow("b", parallelism=3)
+    out = sl.sinks.collect()
+    flow.source(sl.sources.memory([{"x": i} for i in range(10)], batch_size=4)).with_parallelism(
+        1
+    ).broadcast().sink(out)
+    flow.run()
+    assert sorted(out.to_polars()["x"].to_list()) == sorted(list(range(10)) * 3)
+
+
+def test_rebalance_spreads_batches_and_keeps_all_rows():
+    flow = sl.Flow("r", parallelism=1)
+    out = sl.sinks.collect()
+    s = flow.source(sl.sources.memory([{"x": i} for i in range(100)], batch_size=10))
+    s.rebalance().with_parallelism(4).sink(out, parallelism=4)
+    res = flow.run()
+    assert sorted(out.to_polars()["x"].to_list()) == list(range(100))
+    assert "rebalance x4  <= memory -rebalance->" in flow.physical_plan().describe()
+    assert res.metrics["rebalance"].batches_in == 10
+
+
+def test_arrow_table_and_iterator_sources():
+    import pyarrow as pa
+
+    table = pa.table({"x": [1, 2, 3]})
+    assert run_collect(lambda f: f.source(table))["x"].to_list() == [1, 2, 3]
+    it = iter([{"x": 1}, pl.DataFrame({"x": [2, 3]}), {"x": 4}])
+    assert sorted(run_collect(lambda f: f.source(it))["x"].to_list()) == [1, 2, 3, 4]

@@ -61,7 +61,11 @@ class Stream:
                 "kind": "operator",
                 "inputs": edges,
                 "factory": _named(factory, nm),
-                "parallelism": parallelism if parallelism is not None else self.node.parallelism,
+                # forward edges keep the upstream's parallelism (so they chain);
+                # an exchange is where parallelism may change: job default
+                "parallelism": parallelism
+                if parallelism is not None
+                else (self.node.parallelism if exchange == "forward" and not inputs else None),
                 "max_parallelism": max_parallelism,
             }
         )
