@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -15,12 +17,15 @@ from sluice.errors import ConfigError
 from sluice.operators.source import SourceSpec
 from sluice.plan.logical import LogicalPlan, Node
 from sluice.plan.physical import PhysicalPlan, build_physical
-from sluice.runtime.local import JobResult, LocalRuntime
+from sluice.runtime.checkpoint import CheckpointStorage, load_checkpoint
+from sluice.runtime.local import CheckpointSettings, JobResult, LocalRuntime
 from sluice.time.durations import Duration, parse_duration
 from sluice.time.watermarks import WatermarkStrategy, bounded_out_of_orderness
 
 if TYPE_CHECKING:
     from sluice.api.stream import Stream
+
+log = logging.getLogger("sluice")
 
 
 class Flow:
@@ -148,14 +153,61 @@ class Flow:
         """The plan that :meth:`run` executes (see ``PhysicalPlan.describe()``)."""
         return build_physical(self.plan, parallelism or self.parallelism)
 
-    def run(self, *, parallelism: int | None = None, timeout: float | None = None) -> JobResult:
+    def run(
+        self,
+        *,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_interval: Duration | None = "10s",
+        keep_checkpoints: int = 3,
+        from_savepoint: str | os.PathLike[str] | None = None,
+        trust_checkpoint: bool = False,
+    ) -> JobResult:
         """Run the flow in this process until its bounded inputs end, ``timeout``
         seconds pass, or Ctrl-C / :meth:`stop`. Sinks are flushed in every case.
 
-        Returns a :class:`JobResult` with per-operator metrics.
+        With ``checkpoint_dir`` the job takes a checkpoint every
+        ``checkpoint_interval`` (and at the end, or when stopped), keeps the last
+        ``keep_checkpoints``, and on the next run with the same directory resumes
+        from the newest complete one; with replayable sources and exactly-once
+        sinks (the file sinks) the output is exactly-once across crashes.
+        ``from_savepoint`` starts from an explicit checkpoint or savepoint
+        directory instead.
+
+        Returns a :class:`JobResult` with per-operator metrics and checkpoints.
         """
         plan = self.physical_plan(parallelism)
-        runtime = LocalRuntime(plan)
+        settings = None
+        restore = None
+        if keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+        if checkpoint_dir is not None:
+            interval = (
+                None
+                if checkpoint_interval is None
+                else parse_duration(
+                    checkpoint_interval, what="checkpoint interval", allow_zero=False
+                )
+            )
+            storage = CheckpointStorage(checkpoint_dir)
+            settings = CheckpointSettings(storage, interval, keep_checkpoints)
+            if from_savepoint is None:
+                restore = storage.latest()
+        if from_savepoint is not None:
+            restore = load_checkpoint(from_savepoint, trust=trust_checkpoint)
+        runtime = LocalRuntime(plan, checkpointing=settings, restore=restore)
+        if settings is not None and runtime.guarantee != "exactly-once":
+            log.warning(
+                "flow %r checkpoints but is %s: %s",
+                self.name,
+                runtime.guarantee,
+                "a source is not replayable"
+                if runtime.guarantee == "at-most-once"
+                else "a sink cannot take part in two-phase commit",
+            )
+        if restore is not None:
+            log.info("flow %r resumes from checkpoint %s", self.name, restore.path)
         self._runtime = runtime
         handler_installed = False
         previous = None

@@ -100,6 +100,16 @@ class SplitReader(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and threads."""
 
+    # -- checkpoints (replayable sources) -------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The reader's position as a JSON-serializable dict, taken between polls
+        when a checkpoint barrier is injected. Replayable readers override it."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Continue from a position returned by :meth:`snapshot` (called after
+        :meth:`open`, before the first poll)."""
+
 
 class Source(ABC):
     """Where a stream's data comes from."""
@@ -138,18 +148,47 @@ class SinkWriter(ABC):
     def write(self, batch: pl.DataFrame) -> None:
         """Write one batch (internal ``__`` columns already removed)."""
 
+    #: Set by the runtime before :meth:`open` when the job checkpoints: the
+    #: writer must then publish output only in :meth:`commit` (two-phase commit).
+    transactional: bool = False
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Make everything written so far durable/visible."""
 
     def close(self) -> None:
-        """Flush and release resources; called on end of stream and on stop."""
+        """Flush and release resources; called on end of stream and on stop.
+        A transactional writer publishes nothing here that was not committed."""
         self.flush()
+
+    # -- two-phase commit -------------------------------------------------------------
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
+        """Phase 1, at the checkpoint barrier: make everything written so far
+        durable but not yet visible, and return what :meth:`commit` needs
+        (JSON-serializable; stored in the checkpoint)."""
+        self.flush()
+        return {}
+
+    def commit(self, checkpoint_id: int, txn: dict[str, Any]) -> None:  # noqa: B027
+        """Phase 2, once checkpoint ``checkpoint_id`` is complete: publish the
+        output pre-committed for it. Must be idempotent (it is repeated after a
+        crash between the checkpoint and the commit)."""
 
 
 class Sink(ABC):
     """Where a stream's results go."""
 
     name: str = "sink"
+    #: Whether the sink takes part in two-phase commit (exactly-once output).
+    #: Sinks that cannot are at-least-once, and a checkpointing job says so.
+    exactly_once: bool = False
+
+    def recover(self, committed: list[dict[str, Any]]) -> None:  # noqa: B027
+        """Called once before the writers are created when a job restores a
+        checkpoint: publish the transactions pre-committed for that checkpoint
+        (``committed``: the :meth:`SinkWriter.pre_commit` results of all old
+        subtasks; already-published ones must be skipped) and discard any
+        output written after it."""
+
     #: A sink that must run as a single subtask (one output file, stdout) sets this to 1.
     max_parallelism: int | None = None
 

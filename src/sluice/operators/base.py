@@ -17,7 +17,8 @@ from typing import Any
 import polars as pl
 
 from sluice.errors import JobError, SluiceError
-from sluice.runtime.messages import MIN_TIME
+from sluice.runtime.messages import MIN_TIME, Barrier
+from sluice.state.snapshot import Snapshot
 
 
 class Target:
@@ -33,6 +34,9 @@ class Target:
         raise NotImplementedError  # pragma: no cover - interface
 
     def push_end(self) -> None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def push_barrier(self, barrier: Barrier) -> None:
         raise NotImplementedError  # pragma: no cover - interface
 
 
@@ -77,6 +81,10 @@ class Output:
     def end(self) -> None:
         for t in self._all():
             t.push_end()
+
+    def barrier(self, barrier: Barrier) -> None:
+        for t in self._all():
+            t.push_barrier(barrier)
 
 
 @dataclass
@@ -129,6 +137,13 @@ class TimerService:
         return fired
 
 
+class SnapshotSink:
+    """Receives the state of each operator subtask at a checkpoint barrier."""
+
+    def ack(self, checkpoint_id: int, op: Operator, snapshot: Snapshot) -> None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
 @dataclass
 class OperatorContext:
     """What the runtime gives an operator instance when it opens."""
@@ -139,6 +154,7 @@ class OperatorContext:
     timers: TimerService
     metrics: Metrics
     config: dict[str, Any] = field(default_factory=dict)
+    checkpoints: SnapshotSink | None = None
 
     def now(self) -> int:
         return self.timers.clock.now()
@@ -158,6 +174,7 @@ class Operator(Target):
         self.output = Output()
         self.watermark = MIN_TIME
         self.ctx: OperatorContext | None = None
+        self.finished = False
 
     # -- lifecycle -------------------------------------------------------------
     def open(self, ctx: OperatorContext) -> None:
@@ -180,6 +197,23 @@ class Operator(Target):
 
     def on_end(self) -> None:
         """End of input: flush anything pending (the final watermark came already)."""
+
+    # -- checkpoints --------------------------------------------------------------------
+    def snapshot_state(self) -> Snapshot:
+        """This subtask's state at a barrier. Stateless operators keep the default."""
+        return Snapshot(watermark=self.watermark)
+
+    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
+        """The snapshot taken for checkpoint ``checkpoint_id`` (sinks pre-commit here)."""
+        return self.snapshot_state()
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        """Load state from a checkpoint: ``snapshot`` merges the snapshots of the
+        old subtasks, keyed tables already cut to this subtask's key groups.
+
+        Watermarks are not restored here: the sources re-emit theirs before any
+        data, so every channel and operator downstream gets it back in order.
+        """
 
     # -- Target protocol (called by the upstream) -------------------------------
     def push_batch(self, batch: pl.DataFrame) -> None:
@@ -216,8 +250,15 @@ class Operator(Target):
 
     def push_end(self) -> None:
         self.on_end()
+        self.finished = True
         self.close()
         self.output.end()
+
+    def push_barrier(self, barrier: Barrier) -> None:
+        if self.ctx is not None and self.ctx.checkpoints is not None:
+            cid = barrier.checkpoint_id
+            self.ctx.checkpoints.ack(cid, self, self.checkpoint_snapshot(cid))
+        self.output.barrier(barrier)
 
     def emit(self, batch: pl.DataFrame) -> None:
         if batch.height:

@@ -16,6 +16,7 @@ from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator
 from sluice.operators.partials import Partials
 from sluice.runtime.messages import TIME
+from sluice.state.snapshot import Snapshot
 from sluice.time.windows import Count, Global, WindowSpec
 
 PANE, N, TMAX, FIRE = "__pane", "__n", "__tmax", "__fire"
@@ -140,3 +141,16 @@ class CountWindowOperator(Operator):
                 .drop("__last")
             )
             self.panes = self.partials.merge(p, [*by, PANE], [pl.col(N).sum(), pl.col(TMAX).max()])
+
+    def snapshot_state(self) -> Snapshot:
+        snap = Snapshot(keys=self._by, watermark=self.watermark)
+        if self.panes is not None and self.panes.height:
+            snap.keyed["panes"] = self.panes
+        if self.counts is not None and self.counts.height:
+            snap.keyed["counts"] = self.counts
+        return snap
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        super().restore_state(snapshot)
+        self.panes = snapshot.keyed.get("panes")
+        self.counts = snapshot.keyed.get("counts")

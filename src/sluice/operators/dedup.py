@@ -11,6 +11,7 @@ import polars as pl
 
 from sluice.operators.base import Operator
 from sluice.runtime.messages import TIME
+from sluice.state.snapshot import Snapshot
 
 FIRST = "__first"
 
@@ -66,3 +67,13 @@ class DedupOperator(Operator):
     def on_watermark(self, time: int) -> None:
         if self.state.height and self.event_time:
             self.state = self.state.filter(pl.col(FIRST) + self.within > time)
+
+    def snapshot_state(self) -> Snapshot:
+        snap = Snapshot(keys=self.keys, watermark=self.watermark)
+        if self.state.height:
+            snap.keyed["first_seen"] = self.state
+        return snap
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        super().restore_state(snapshot)
+        self.state = snapshot.keyed.get("first_seen", pl.DataFrame())

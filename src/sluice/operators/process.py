@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import heapq
+import pickle
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -12,6 +13,7 @@ import polars as pl
 from sluice.operators.base import Operator, OperatorContext
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.state.keyed import KeyedStateStore, ListState, MapState, ValueState
+from sluice.state.snapshot import Snapshot
 
 
 class ProcessContext:
@@ -182,6 +184,63 @@ class ProcessOperator(Operator):
     def on_end(self) -> None:
         if self.watermark < MAX_TIME:
             self.on_watermark(MAX_TIME)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _key_columns(self, keys: list[Hashable]) -> dict[str, list[Any]]:
+        if len(self.keys) == 1:
+            return {self.keys[0]: list(keys)}
+        return {k: [key[i] for key in keys] for i, k in enumerate(self.keys)}  # type: ignore[index]
+
+    def _keys_of(self, df: pl.DataFrame) -> list[Hashable]:
+        if len(self.keys) == 1:
+            return df.get_column(self.keys[0]).to_list()
+        return [tuple(r) for r in df.select(self.keys).iter_rows()]
+
+    def snapshot_state(self) -> Snapshot:
+        snap = Snapshot(keys=self.keys, watermark=self.watermark)
+        keys: list[Hashable] = []
+        names: list[str] = []
+        values: list[bytes] = []
+        for name, table in self.store.tables.items():
+            for k, v in table.items():
+                keys.append(k)
+                names.append(name)
+                values.append(pickle.dumps(v))
+        if keys:
+            snap.keyed["values"] = pl.DataFrame(
+                {
+                    **self._key_columns(keys),
+                    "state": names,
+                    "value": pl.Series(values, dtype=pl.Binary),
+                }
+            )
+        for label, timers in (
+            ("event_timers", self._event_timers),
+            ("processing_timers", self._proc_timers),
+        ):
+            if timers:
+                ts = sorted(timers, key=lambda x: x[0])
+                snap.keyed[label] = pl.DataFrame(
+                    {**self._key_columns([k for _, k in ts]), "time": [t for t, _ in ts]}
+                )
+        return snap
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        super().restore_state(snapshot)
+        vals = snapshot.keyed.get("values")
+        if vals is not None:
+            for k, name, blob in zip(
+                self._keys_of(vals), vals["state"].to_list(), vals["value"].to_list(), strict=True
+            ):
+                self.store.table(name)[k] = pickle.loads(blob)
+        ev = snapshot.keyed.get("event_timers")
+        if ev is not None:
+            for k, t in zip(self._keys_of(ev), ev["time"].to_list(), strict=True):
+                self._register_event_timer(k, t)
+        pt = snapshot.keyed.get("processing_timers")
+        if pt is not None:
+            for k, t in zip(self._keys_of(pt), pt["time"].to_list(), strict=True):
+                self._register_processing_timer(k, t)
 
 
 __all__ = ["MIN_TIME", "KeyedProcessFunction", "ProcessContext", "ProcessOperator"]

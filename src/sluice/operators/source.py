@@ -18,7 +18,8 @@ import polars as pl
 from sluice.connectors.base import OnError, ReadBatch, ReaderContext, Source, SplitReader
 from sluice.errors import BadRecordError, JobError, SluiceError
 from sluice.operators.base import Operator, OperatorContext
-from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
+from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME, Barrier
+from sluice.state.snapshot import Snapshot
 from sluice.time.watermarks import SplitWatermarks, WatermarkStrategy
 
 _TIME_UNITS = {"ms": 1, "s": 1000, "us": 0.001, "ns": 0.000001}
@@ -68,6 +69,7 @@ class SourceOperator(Operator):
         self._idle_sent = False
         self._event_time = spec.time is not None
         self._coalesce = spec.source.coalesce
+        self._rewatermark = False
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
@@ -92,6 +94,8 @@ class SourceOperator(Operator):
             return False
         assert self.ctx is not None
         progressed = False
+        if self._rewatermark:
+            self.emit_restored_watermark()
         now = self.ctx.now()
         for sp in self._splits:
             if sp.reader.finished and not sp.buffer:
@@ -179,6 +183,61 @@ class SourceOperator(Operator):
         for sp in self._splits:
             sp.reader.close()
         self.push_end()
+
+    # -- checkpoints -------------------------------------------------------------------
+    def inject_barrier(self, barrier: Barrier) -> None:
+        """Emit what is buffered, then the barrier: the positions recorded in the
+        snapshot are exactly after the last rows sent before it."""
+        assert self.ctx is not None
+        now = self.ctx.now()
+        for sp in self._splits:
+            if sp.buffer:
+                self._flush_split(sp, now)
+        self.push_barrier(barrier)
+
+    def snapshot_state(self) -> Snapshot:
+        splits = {
+            sp.reader.split_id: {
+                "reader": sp.reader.snapshot(),
+                "max_time": sp.wm.max_time,
+                "watermark": sp.wm.watermark,
+                "finished": sp.reader.finished,
+            }
+            for sp in self._splits
+        }
+        snap = Snapshot(watermark=self.watermark, meta={"splits": splits})
+        if self._schema is not None:
+            snap.tables["schema"] = pl.DataFrame(schema=self._schema)
+        return snap
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        super().restore_state(snapshot)
+        saved: dict[str, dict[str, Any]] = {}
+        for part in snapshot.meta.get("parts", []):
+            saved.update(part.get("splits", {}))
+        for sp in self._splits:
+            st = saved.get(sp.reader.split_id)
+            if st is None:
+                continue  # a split that appeared after the checkpoint (new file)
+            sp.reader.restore(st["reader"])
+            sp.wm.max_time = int(st["max_time"])
+            sp.wm.watermark = int(st["watermark"])
+            if st["finished"]:
+                sp.reader.finished = True
+        schema = snapshot.tables.get("schema")
+        if schema is not None and self.spec.schema is None:
+            self._schema = dict(schema.schema)
+        self._rewatermark = True
+
+    def emit_restored_watermark(self) -> None:
+        """After a restore, send the restored watermark before any data (the
+        runtime calls this for every source before the first poll)."""
+        if self._rewatermark:
+            self._rewatermark = False
+            self._update_watermark()
+
+    def split_ids(self) -> list[str]:
+        return [sp.reader.split_id for sp in self._splits]
 
     def stop(self) -> None:
         """Stop reading without end-of-stream semantics (Ctrl-C)."""

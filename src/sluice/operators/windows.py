@@ -22,6 +22,7 @@ from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import Partials
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
+from sluice.state.snapshot import Snapshot
 from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
 
 WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
@@ -324,6 +325,24 @@ class WindowOperator(Operator):
         self.ctx.timers.register(at, cb)
 
     _ended = False
+
+    def snapshot_state(self) -> Snapshot:
+        self._compact()
+        snap = Snapshot(keys=self.keys, watermark=self.watermark)
+        if self.state is not None and self.state.height:
+            (snap.keyed if self.keys else snap.tables)["windows"] = self.state
+        return snap
+
+    def restore_state(self, snapshot: Snapshot) -> None:
+        super().restore_state(snapshot)
+        st = snapshot.keyed.get("windows", snapshot.tables.get("windows"))
+        if st is not None and st.height:
+            self.state = st
+            self.pending = []
+            self.pending_rows = 0
+            self._recompute_bounds()
+            if self.processing:
+                self._schedule_processing_fire()
 
     def on_end(self) -> None:
         self._ended = True

@@ -7,13 +7,15 @@ the exchange writers and gates with remote sends without touching operators.
 from __future__ import annotations
 
 import itertools
+from collections import deque
+from typing import Any
 
 import polars as pl
 
 from sluice.operators.base import Operator, Target
 from sluice.plan.logical import ExchangeKind
 from sluice.plan.partitioning import partition
-from sluice.runtime.messages import MIN_TIME
+from sluice.runtime.messages import MIN_TIME, Barrier
 
 
 class InputGate:
@@ -21,6 +23,10 @@ class InputGate:
 
     The head's watermark is the minimum over channels that are neither idle nor
     ended; it only moves forward. When every channel is idle the subtask is idle.
+
+    Checkpoint barriers are aligned: once a channel delivered barrier *n*, what
+    it sends next is held back until every other live channel delivered *n* too;
+    then the head snapshots (the barrier passes on) and the held messages flow.
     """
 
     def __init__(self, head: Operator) -> None:
@@ -30,6 +36,41 @@ class InputGate:
         self.ended: list[bool] = []
         self.current = MIN_TIME
         self._idle_sent = False
+        self._aligning: Barrier | None = None
+        self._arrived: set[int] = set()
+        self._held: deque[tuple[int, str, Any]] = deque()
+
+    def _blocked(self, ch: int, kind: str, payload: Any) -> bool:
+        if self._aligning is not None and ch in self._arrived:
+            self._held.append((ch, kind, payload))
+            return True
+        return False
+
+    def receive_barrier(self, ch: int, barrier: Barrier) -> None:
+        if self._blocked(ch, "barrier", barrier):
+            return
+        if self._aligning is None:
+            self._aligning = barrier
+            self._arrived = set()
+        self._arrived.add(ch)
+        self._maybe_aligned()
+
+    def _maybe_aligned(self) -> None:
+        b = self._aligning
+        if b is None:
+            return
+        if any(not e and c not in self._arrived for c, e in enumerate(self.ended)):
+            return
+        self._aligning = None
+        self._arrived = set()
+        self.head.push_barrier(b)
+        held, self._held = self._held, deque()
+        while held:
+            ch, kind, payload = held.popleft()
+            if self._aligning is not None and ch in self._arrived:
+                self._held.append((ch, kind, payload))
+                continue
+            getattr(self, "receive_" + kind)(ch, *(() if kind == "end" else (payload,)))
 
     def add_channel(self) -> int:
         self.wm.append(MIN_TIME)
@@ -38,19 +79,29 @@ class InputGate:
         return len(self.wm) - 1
 
     def receive_batch(self, ch: int, batch: pl.DataFrame) -> None:
+        if self._aligning is not None and self._blocked(ch, "batch", batch):
+            return
         self.head.push_batch(batch)
 
     def receive_watermark(self, ch: int, time: int) -> None:
+        if self._aligning is not None and self._blocked(ch, "watermark", time):
+            return
         if time > self.wm[ch]:
             self.wm[ch] = time
         self._advance()
 
     def receive_idle(self, ch: int, idle: bool) -> None:
+        if self._aligning is not None and self._blocked(ch, "idle", idle):
+            return
         self.idle[ch] = idle
         self._advance()
 
     def receive_end(self, ch: int) -> None:
+        if self._aligning is not None and self._blocked(ch, "end", None):
+            return
         self.ended[ch] = True
+        if self._aligning is not None:
+            self._maybe_aligned()  # an ended channel owes no barrier
         if all(self.ended):
             self.head.push_end()
         else:
@@ -120,3 +171,7 @@ class ExchangeWriter(Target):
     def push_end(self) -> None:
         for g, c in self.targets:
             g.receive_end(c)
+
+    def push_barrier(self, barrier: Barrier) -> None:
+        for g, c in self.targets:
+            g.receive_barrier(c, barrier)

@@ -7,15 +7,33 @@ timers fire between polls. When nothing is ready the loop sleeps briefly.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from sluice.errors import PlanError
-from sluice.operators.base import Clock, Metrics, Operator, OperatorContext, TimerService
+from sluice.operators.base import (
+    Clock,
+    Metrics,
+    Operator,
+    OperatorContext,
+    SnapshotSink,
+    TimerService,
+)
 from sluice.operators.sink import SinkOperator
 from sluice.operators.source import SourceOperator
 from sluice.plan.physical import PhysicalNode, PhysicalPlan
 from sluice.runtime.channels import ExchangeWriter, InputGate
+from sluice.runtime.checkpoint import (
+    CheckpointError,
+    CheckpointStorage,
+    LoadedCheckpoint,
+    _Pending,
+)
+from sluice.runtime.messages import Barrier
+from sluice.state.snapshot import Snapshot
+
+log = logging.getLogger("sluice.runtime")
 
 
 @dataclass
@@ -26,6 +44,12 @@ class JobResult:
     elapsed_s: float
     stopped: bool
     metrics: dict[str, Metrics] = field(default_factory=dict)
+    #: Ids of the checkpoints completed during the run (empty without checkpointing).
+    checkpoints: list[int] = field(default_factory=list)
+    #: The checkpoint the run resumed from, if any.
+    restored_from: int | None = None
+    #: Delivery guarantee of the run: "exactly-once", "at-least-once" or "none".
+    guarantee: str = "none"
 
     def metric(self, operator: str, name: str) -> int:
         """One counter of an operator summed over its subtasks (0 if never counted)."""
@@ -33,17 +57,89 @@ class JobResult:
         return int(getattr(m, name)) if hasattr(m, name) else m.extra.get(name, 0)
 
 
+@dataclass
+class CheckpointSettings:
+    """Checkpointing of one run: where, how often, how many to keep."""
+
+    storage: CheckpointStorage
+    interval_ms: int | None = None
+    keep: int = 3
+
+
+class _Coordinator(SnapshotSink):
+    """Collects the snapshots of one checkpoint and completes it."""
+
+    def __init__(self, runtime: LocalRuntime, settings: CheckpointSettings) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.pending: _Pending | None = None
+        self.next_id = settings.storage.next_id()
+
+    def ack(self, checkpoint_id: int, op: Operator, snapshot: Snapshot) -> None:
+        p = self.pending
+        if p is None or p.checkpoint_id != checkpoint_id:
+            raise CheckpointError(f"unexpected barrier {checkpoint_id} at {op.name!r}")
+        assert op.ctx is not None
+        self.settings.storage.write_subtask(
+            p, op.ctx.name, op.ctx.subtask, op.ctx.parallelism, snapshot
+        )
+
+    def checkpoint(self, *, final: bool = False) -> int:
+        """Take a checkpoint now: barriers from every live source, direct
+        snapshots of finished subtasks; then complete it and commit the sinks."""
+        cid = self.next_id
+        self.next_id += 1
+        storage = self.settings.storage
+        self.pending = p = storage.begin(cid)
+        try:
+            for op in self.rt.all_ops:
+                if op.finished or (isinstance(op, SourceOperator) and op.ended):
+                    self.ack(cid, op, op.checkpoint_snapshot(cid))
+            for src in self.rt.sources:
+                if not src.ended:
+                    src.inject_barrier(Barrier(cid))
+            missing = len(self.rt.all_ops) - len(p.acked)
+            if missing:
+                raise CheckpointError(
+                    f"checkpoint {cid}: {missing} operator subtasks did not acknowledge"
+                )
+            storage.finish(p, self.rt.plan.name, finished=final)
+        except BaseException:
+            storage.abort(p)
+            raise
+        finally:
+            self.pending = None
+        for sk in self.rt.sinks:
+            sk.commit(cid)
+        storage.retain(self.settings.keep)
+        return cid
+
+
 class LocalRuntime:
     """Runs a :class:`PhysicalPlan` in this process."""
 
-    def __init__(self, plan: PhysicalPlan, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        plan: PhysicalPlan,
+        clock: Clock | None = None,
+        *,
+        checkpointing: CheckpointSettings | None = None,
+        restore: LoadedCheckpoint | None = None,
+    ) -> None:
         self.plan = plan
         self.timers = TimerService(clock or Clock())
         self.instances: dict[int, list[Operator]] = {}
         self.metrics: dict[int, list[Metrics]] = {}
         self.sources: list[SourceOperator] = []
         self.sinks: list[SinkOperator] = []
+        self.all_ops: list[Operator] = []
         self._stop_requested = False
+        self.checkpointing = checkpointing
+        self.coordinator = _Coordinator(self, checkpointing) if checkpointing else None
+        self.restore = restore
+        self.completed: list[int] = []
+        if restore is not None:
+            self._check_restore(restore)
         self._build()
 
     # -- construction ----------------------------------------------------------------
@@ -55,7 +151,9 @@ class LocalRuntime:
             self.sources.append(op)  # type: ignore[arg-type]
         elif node.kind == "sink":
             assert node.sink is not None
-            op = SinkOperator(node.name, node.sink.create_writer(i, pn.parallelism))
+            writer = node.sink.create_writer(i, pn.parallelism)
+            writer.transactional = self.checkpointing is not None and node.sink.exactly_once
+            op = SinkOperator(node.name, writer)
             self.sinks.append(op)  # type: ignore[arg-type]
         else:
             assert node.factory is not None
@@ -69,10 +167,28 @@ class LocalRuntime:
             if pn.node.kind == "source":
                 assert pn.node.source is not None
                 splits = pn.node.source.source.create_splits(pn.parallelism)
+            if pn.node.kind == "sink" and self.restore is not None and self.restore.has(pn.name):
+                assert pn.node.sink is not None
+                snap = self.restore.snapshot_for(pn.name, 0, 1)
+                txns = [part["txn"] for part in snap.meta["parts"] if part.get("txn")]
+                pn.node.sink.recover(txns)
             ops = [self._make(pn, i, splits) for i in range(pn.parallelism)]
             ms = [Metrics() for _ in ops]
             for i, op in enumerate(ops):
-                op.open(OperatorContext(pn.name, i, pn.parallelism, self.timers, ms[i]))
+                op.open(
+                    OperatorContext(
+                        pn.name, i, pn.parallelism, self.timers, ms[i], checkpoints=self.coordinator
+                    )
+                )
+                if (
+                    self.restore is not None
+                    and self.restore.has(pn.name)
+                    and pn.node.kind != "sink"
+                ):
+                    op.restore_state(self.restore.snapshot_for(pn.name, i, pn.parallelism))
+            if pn.node.kind == "source" and self.restore is not None and self.restore.has(pn.name):
+                self._check_splits(pn.name, [r.split_id for r in splits])
+            self.all_ops.extend(ops)
             self.instances[pn.node.id] = ops
             self.metrics[pn.node.id] = ms
             for pe in pn.inputs:
@@ -101,6 +217,48 @@ class LocalRuntime:
         if not self.sinks:
             raise PlanError("the job has no sink")
 
+    def _check_restore(self, restore: LoadedCheckpoint) -> None:
+        names = {pn.name for pn in self.plan.nodes}
+        unknown = [n for n in restore.node_names() if n not in names]
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint {restore.path} holds state of operators {unknown} that this flow "
+                f"does not have (operators: {sorted(names)}); was the program changed?"
+            )
+
+    def _check_splits(self, node: str, current: list[str]) -> None:
+        assert self.restore is not None
+        saved: set[str] = set()
+        for part in self.restore.snapshot_for(node, 0, 1).meta["parts"]:
+            saved.update(part.get("splits", {}))
+        lost = sorted(saved - set(current))
+        if lost:
+            raise CheckpointError(
+                f"source {node!r}: the checkpoint has positions for splits {lost[:5]} that the "
+                "source no longer has (input files removed, or an in-memory source restored "
+                "at another parallelism)"
+            )
+
+    @property
+    def guarantee(self) -> str:
+        if self.checkpointing is None:
+            return "none"
+        replayable = all(
+            pn.node.source.source.replayable for pn in self.plan.nodes if pn.node.source
+        )
+        eo_sinks = all(pn.node.sink.exactly_once for pn in self.plan.nodes if pn.node.sink)
+        if replayable and eo_sinks:
+            return "exactly-once"
+        return "at-least-once" if replayable else "at-most-once"
+
+    def checkpoint(self, *, final: bool = False) -> int:
+        """Take a checkpoint now (between polls, so no batch is half processed)."""
+        if self.coordinator is None:
+            raise CheckpointError("this run has no checkpoint directory")
+        cid = self.coordinator.checkpoint(final=final)
+        self.completed.append(cid)
+        return cid
+
     # -- execution ---------------------------------------------------------------------
     def request_stop(self) -> None:
         """Ask the loop to stop at the next turn (thread-safe)."""
@@ -108,6 +266,13 @@ class LocalRuntime:
 
     def run(self, timeout: float | None = None) -> JobResult:
         start = time.perf_counter()
+        restored = self.restore.checkpoint_id if self.restore is not None else None
+        if self.restore is not None and self.restore.finished:
+            log.info("job %r already finished at checkpoint %s", self.plan.name, restored)
+            self._close_sinks()
+            return JobResult(
+                self.plan.name, 0.0, False, self._metrics(), [], restored, self.guarantee
+            )
         deadline = None if timeout is None else start + timeout
         stopped = False
         sources = self.sources
@@ -115,6 +280,11 @@ class LocalRuntime:
         timers = self.timers
         discover_every = 0.5
         next_discovery = start + discover_every
+        cp = self.checkpointing
+        every = None if cp is None or not cp.interval_ms else cp.interval_ms / 1000
+        next_checkpoint = start + every if every else None
+        for s in sources:
+            s.emit_restored_watermark()
         try:
             while not all(s.ended for s in sinks):
                 progressed = False
@@ -127,6 +297,9 @@ class LocalRuntime:
                 if now >= next_discovery:
                     next_discovery = now + discover_every
                     self._discover()
+                if next_checkpoint is not None and now >= next_checkpoint and every:
+                    self.checkpoint()
+                    next_checkpoint = time.perf_counter() + every
                 if self._stop_requested or (deadline is not None and now >= deadline):
                     stopped = True
                     break
@@ -138,10 +311,23 @@ class LocalRuntime:
                     time.sleep(wait)
         except KeyboardInterrupt:
             stopped = True
-        finally:
-            if stopped or not all(s.ended for s in sinks):
-                self._shutdown()
-        return JobResult(self.plan.name, time.perf_counter() - start, stopped, self._metrics())
+        if self.checkpointing is not None:
+            # a final checkpoint: commits the sinks (end of input, or a clean stop
+            # from which the next run resumes)
+            self.checkpoint(final=not stopped)
+        if stopped or not all(s.ended for s in sinks):
+            self._shutdown()
+        else:
+            self._close_sinks()
+        return JobResult(
+            self.plan.name,
+            time.perf_counter() - start,
+            stopped,
+            self._metrics(),
+            list(self.completed),
+            restored,
+            self.guarantee,
+        )
 
     def _discover(self) -> None:
         for pn in self.plan.nodes:
@@ -164,8 +350,12 @@ class LocalRuntime:
             for op in ops:
                 if not isinstance(op, SinkOperator | SourceOperator):
                     op.close()
+        self._close_sinks()
+
+    def _close_sinks(self) -> None:
         for sk in self.sinks:
             sk.close()
+            sk.close_writer()
 
     def _metrics(self) -> dict[str, Metrics]:
         out: dict[str, Metrics] = {}

@@ -29,3 +29,11 @@ class Idle:
 @dataclass(frozen=True, slots=True)
 class EndOfStream:
     """The channel will carry nothing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Checkpoint barrier ``checkpoint_id``: everything before it on a channel
+    belongs to the checkpoint, everything after to the next one."""
+
+    checkpoint_id: int

@@ -19,7 +19,8 @@ class _FrameSplit(SplitReader):
 
     def __init__(self, df: pl.DataFrame, index: int, n: int, chunk: int) -> None:
         self.df = df
-        self.split_id = str(index)
+        # the chunks a split reads depend on the parallelism, so the id says both
+        self.split_id = f"{index}/{n}"
         self.index = index
         self.n = n
         self.chunk = chunk
@@ -36,6 +37,13 @@ class _FrameSplit(SplitReader):
         if self.next_chunk * self.chunk >= self.df.height:
             self.finished = True
         return ReadBatch(out, None, first_line=start)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"next_chunk": self.next_chunk}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_chunk = int(state["next_chunk"])
+        self.finished = self.next_chunk * self.chunk >= self.df.height
 
 
 class MemorySource(Source):
