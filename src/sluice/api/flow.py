@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -46,7 +47,7 @@ class Flow:
         *,
         parallelism: int = 1,
         max_batch_rows: int = 65_536,
-        linger: Duration = "2ms",
+        linger: Duration = "1ms",
     ) -> None:
         if parallelism < 1:
             raise ConfigError(f"Flow {name!r}: parallelism must be >= 1, got {parallelism}")
@@ -230,6 +231,14 @@ class Flow:
     def running(self) -> bool:
         """Whether :meth:`run` is executing right now."""
         return self._runtime is not None
+
+    def savepoint(self, target: str | os.PathLike[str], *, timeout: float = 60.0) -> Path:
+        """Take a savepoint of the running flow (call from another thread) and
+        copy it to ``target``; resume from it with ``run(from_savepoint=target)``."""
+        rt = self._runtime
+        if rt is None:
+            raise ConfigError(f"flow {self.name!r} is not running")
+        return rt.request_savepoint(target).result(timeout=timeout)
 
     def stop(self) -> None:
         """Stop a running flow (from another thread); sinks are flushed."""

@@ -67,6 +67,7 @@ class Stream:
                 if parallelism is not None
                 else (self.node.parallelism if exchange == "forward" and not inputs else None),
                 "max_parallelism": max_parallelism,
+                "partitioned_by": tuple(keys) if exchange == "hash" else None,
             }
         )
 
@@ -256,6 +257,34 @@ class KeyedStream:
             "dedup", lambda i, n: DedupOperator("dedup", keys, w, et), exchange="hash", keys=keys
         )
         return self.stream._derive(node)
+
+    def _keyed(self, name: str, factory: Callable[[int, int], Operator]) -> KeyedStream:
+        node = self.stream._then(name, factory, exchange="hash", keys=list(self.keys))
+        return KeyedStream(self.stream._derive(node), self.keys)
+
+    def filter(self, predicate: pl.Expr) -> KeyedStream:
+        """Repartition by key and keep rows where ``predicate`` holds (vectorized).
+
+        The result stays keyed: the next keyed verb runs in the same subtasks.
+        """
+        return self._keyed("filter", lambda i, n: FilterOp("filter", predicate))
+
+    def with_columns(self, *exprs: Any, **named: Any) -> KeyedStream:
+        """Repartition by key and add columns (vectorized); keep the key columns."""
+        e, nd = list(exprs), dict(named)
+        return self._keyed("with_columns", lambda i, n: SelectOp("with_columns", e, nd, True))
+
+    def sink(self, sink: Sink, *, name: str | None = None, parallelism: int | None = None) -> None:
+        """Send the stream to ``sink`` partitioned by key: each key's rows go to
+        one sink subtask (like a keyed Kafka producer)."""
+        node = self.stream._then(
+            "partition",
+            lambda i, n: Passthrough("partition"),
+            exchange="hash",
+            keys=list(self.keys),
+            parallelism=parallelism,
+        )
+        self.stream._derive(node).sink(sink, name=name, parallelism=parallelism)
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stream:
         """Per-record map after repartitioning by key."""

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 import sluice
+from sluice.cli.checkpoints import checkpoints_app, savepoint
 from sluice.cli.plan import plan
 from sluice.cli.run import run
 
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 app.command()(run)
 app.command()(plan)
+app.command()(savepoint)
+app.add_typer(checkpoints_app)
 
 
 def _version(value: bool) -> None:

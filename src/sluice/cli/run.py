@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -40,6 +40,24 @@ def run(
     preview: Annotated[
         int, typer.Option("--preview", min=0, help="Rows of each file output to show (0: none).")
     ] = 5,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="Checkpoint into this directory and resume from its newest checkpoint.",
+        ),
+    ] = None,
+    checkpoint_interval: Annotated[
+        str, typer.Option("--checkpoint-interval", help="Time between checkpoints, e.g. 1s.")
+    ] = "10s",
+    from_savepoint: Annotated[
+        Path | None,
+        typer.Option("--from-savepoint", help="Start from this checkpoint or savepoint directory."),
+    ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option("--trust", help="Restore a savepoint signed by another user or key."),
+    ] = False,
     debug: Annotated[bool, DEBUG_OPT] = False,
 ) -> None:
     """Run the flow defined in APP until its input ends, the timeout passes or Ctrl-C.
@@ -59,7 +77,20 @@ def run(
             ),
             soft_wrap=True,
         )
-        result, interrupted = _run_interruptible(f, parallelism, timeout)
+        options = {
+            "checkpoint_dir": checkpoint_dir,
+            "checkpoint_interval": checkpoint_interval,
+            "from_savepoint": from_savepoint,
+            "trust_checkpoint": trust,
+        }
+        result, interrupted = _run_interruptible(f, parallelism, timeout, options)
+        if result.restored_from is not None:
+            console.print(f"resumed from checkpoint {result.restored_from}")
+        if checkpoint_dir is not None:
+            console.print(
+                f"delivery guarantee: [bold]{result.guarantee}[/]; "
+                f"{len(result.checkpoints)} checkpoints in {checkpoint_dir}"
+            )
         if interrupted:
             headline = Text.assemble(
                 ("■ stopped", "bold yellow"),
@@ -80,13 +111,13 @@ def run(
 
 
 def _run_interruptible(
-    flow: Flow, parallelism: int | None, timeout: float | None
+    flow: Flow, parallelism: int | None, timeout: float | None, options: dict[str, Any]
 ) -> tuple[JobResult, bool]:
     """Run ``flow``; the first Ctrl-C asks it to stop at the next turn of its loop
     (so no batch is cut in half), a second one interrupts at once."""
     interrupted = False
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
-        return flow.run(parallelism=parallelism, timeout=timeout), False
+        return flow.run(parallelism=parallelism, timeout=timeout, **options), False
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
@@ -101,7 +132,7 @@ def _run_interruptible(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = flow.run(parallelism=parallelism, timeout=timeout)
+        result = flow.run(parallelism=parallelism, timeout=timeout, **options)
     finally:
         signal.signal(signal.SIGINT, previous)
     return result, interrupted

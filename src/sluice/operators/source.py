@@ -47,7 +47,7 @@ class _Split:
     def __init__(self, reader: SplitReader, wm: SplitWatermarks) -> None:
         self.reader = reader
         self.wm = wm
-        self.buffer: list[pl.DataFrame] = []
+        self.buffer: list[ReadBatch] = []
         self.buffer_rows = 0
         self.buffer_since = 0
 
@@ -116,13 +116,13 @@ class SourceOperator(Operator):
                     self.output.emit_side("dead_letter", dead)
                     progressed = True
                 if rb is not None and rb.data.height:
-                    batch = self._prepare(rb)
-                    progressed = True
-                    if batch.height:
-                        if not sp.buffer:
-                            sp.buffer_since = now
-                        sp.buffer.append(batch)
-                        sp.buffer_rows += batch.height
+                    # a big read means more is waiting: do not let the loop sleep
+                    if rb.data.height >= self.spec.max_batch_rows // 4:
+                        progressed = True
+                    if not sp.buffer:
+                        sp.buffer_since = now
+                    sp.buffer.append(rb)
+                    sp.buffer_rows += rb.data.height
             if sp.buffer and (
                 not self._coalesce
                 or sp.buffer_rows >= self.spec.max_batch_rows // 4
@@ -142,9 +142,13 @@ class SourceOperator(Operator):
         return progressed
 
     def _flush_split(self, sp: _Split, now: int) -> None:
-        batch = sp.buffer[0] if len(sp.buffer) == 1 else pl.concat(sp.buffer, how="vertical")
+        # small reads are prepared (schema, event time) once, as one batch
+        rb = sp.buffer[0] if len(sp.buffer) == 1 else _merge_reads(sp.buffer)
         sp.buffer = []
         sp.buffer_rows = 0
+        batch = self._prepare(rb)
+        if batch.height == 0:
+            return
         if self._event_time:
             mx = batch.get_column(TIME).max()
             sp.wm.observe(int(mx) if mx is not None else MIN_TIME, now)  # type: ignore[arg-type]
@@ -424,6 +428,21 @@ def _iso_millis(raw: pl.Series) -> pl.Series:
             d = d.replace(tzinfo=UTC)
         out.append(int(d.timestamp() * 1000))
     return pl.Series(raw.name, out, dtype=pl.Int64)
+
+
+def _merge_reads(reads: list[ReadBatch]) -> ReadBatch:
+    import numpy as np
+
+    data = pl.concat([r.data for r in reads], how="diagonal_relaxed")
+    lines = np.concatenate(
+        [
+            r.lines
+            if r.lines is not None
+            else np.arange(r.first_line, r.first_line + r.data.height, dtype=np.int64)
+            for r in reads
+        ]
+    )
+    return ReadBatch(data, reads[0].file, reads[0].first_line, lines)
 
 
 def _filtered(rb: ReadBatch, keep: pl.Series) -> ReadBatch:

@@ -27,6 +27,7 @@ from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, Win
 
 WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
 _COMPACT_ROWS = 200_000
+_COMPACT_FRAMES = 16
 
 
 class WindowOperator(Operator):
@@ -117,8 +118,8 @@ class WindowOperator(Operator):
             self._fire(wm)  # late-but-allowed updates re-fire at once
         if self.trigger is not None and self.trigger.on_update:
             self._early_fire()
-        elif self.pending_rows > _COMPACT_ROWS:
-            self._compact()
+        elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
+            self._compact()  # keep firing cheap: merge many small partials early
         if self.processing:
             self._schedule_processing_fire()
 

@@ -40,6 +40,9 @@ class Node:
     sink: Sink | None = None
     parallelism: int | None = None
     max_parallelism: int | None = None
+    #: Keys the node's input is hash-partitioned by (a following hash exchange
+    #: on the same keys and parallelism is then a forward edge).
+    partitioned_by: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"Node({self.id}, {self.name!r}, {self.kind})"

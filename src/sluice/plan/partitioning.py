@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 MAX_PARALLELISM = 128
@@ -30,13 +31,21 @@ def subtask_expr(keys: Sequence[str], parallelism: int) -> pl.Expr:
 def partition(
     batch: pl.DataFrame, keys: Sequence[str], parallelism: int
 ) -> dict[int, pl.DataFrame]:
-    """Split ``batch`` by target subtask (only non-empty parts are returned)."""
-    target = batch.select(subtask_expr(keys, parallelism).alias("t")).get_column("t")
+    """Split ``batch`` by target subtask (only non-empty parts are returned).
+
+    One stable argsort and contiguous slices: rows keep their order per target.
+    """
+    target = batch.select(subtask_expr(keys, parallelism).alias("t")).to_series().to_numpy()
+    counts = np.bincount(target, minlength=parallelism)
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty) == 1:
+        return {int(nonempty[0]): batch}
+    order = np.argsort(target, kind="stable")
+    ordered = batch[order]
     parts: dict[int, pl.DataFrame] = {}
-    for (t,), part in (
-        batch.with_columns(target.alias("__target"))
-        .partition_by("__target", as_dict=True, maintain_order=True)
-        .items()
-    ):
-        parts[int(t)] = part.drop("__target")  # type: ignore[call-overload]
+    start = 0
+    for t, c in enumerate(counts.tolist()):
+        if c:
+            parts[t] = ordered.slice(start, c)
+            start += c
     return parts

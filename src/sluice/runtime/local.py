@@ -7,9 +7,15 @@ timers fire between polls. When nothing is ready the loop sleeps briefly.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
+import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sluice.errors import PlanError
 from sluice.operators.base import (
@@ -84,13 +90,13 @@ class _Coordinator(SnapshotSink):
             p, op.ctx.name, op.ctx.subtask, op.ctx.parallelism, snapshot
         )
 
-    def checkpoint(self, *, final: bool = False) -> int:
+    def checkpoint(self, *, final: bool = False, savepoint: bool = False) -> int:
         """Take a checkpoint now: barriers from every live source, direct
         snapshots of finished subtasks; then complete it and commit the sinks."""
         cid = self.next_id
         self.next_id += 1
         storage = self.settings.storage
-        self.pending = p = storage.begin(cid)
+        self.pending = p = storage.begin(cid, savepoint=savepoint)
         try:
             for op in self.rt.all_ops:
                 if op.finished or (isinstance(op, SourceOperator) and op.ended):
@@ -134,6 +140,7 @@ class LocalRuntime:
         self.sinks: list[SinkOperator] = []
         self.all_ops: list[Operator] = []
         self._stop_requested = False
+        self._savepoint_requests: queue.SimpleQueue[tuple[Path, Future[Path]]] = queue.SimpleQueue()
         self.checkpointing = checkpointing
         self.coordinator = _Coordinator(self, checkpointing) if checkpointing else None
         self.restore = restore
@@ -251,13 +258,61 @@ class LocalRuntime:
             return "exactly-once"
         return "at-least-once" if replayable else "at-most-once"
 
-    def checkpoint(self, *, final: bool = False) -> int:
+    def checkpoint(self, *, final: bool = False, savepoint: bool = False) -> int:
         """Take a checkpoint now (between polls, so no batch is half processed)."""
         if self.coordinator is None:
             raise CheckpointError("this run has no checkpoint directory")
-        cid = self.coordinator.checkpoint(final=final)
+        cid = self.coordinator.checkpoint(final=final, savepoint=savepoint)
         self.completed.append(cid)
         return cid
+
+    def request_savepoint(self, target: str | os.PathLike[str]) -> Future[Path]:
+        """Ask the running job for a savepoint copied to ``target`` (thread-safe);
+        the future resolves to the savepoint's path."""
+        if self.coordinator is None:
+            raise CheckpointError("savepoints need a checkpoint directory (checkpoint_dir=...)")
+        fut: Future[Path] = Future()
+        self._savepoint_requests.put((Path(target), fut))
+        return fut
+
+    def _serve_savepoints(self) -> None:
+        assert self.checkpointing is not None
+        for target, fut in self._file_savepoint_requests():
+            self._savepoint_requests.put((target, fut))
+        while not self._savepoint_requests.empty():
+            target, fut = self._savepoint_requests.get()
+            try:
+                cid = self.checkpoint(savepoint=True)
+                src = self.checkpointing.storage.dir / f"chk-{cid:06d}"
+                if target.exists():
+                    raise CheckpointError(f"savepoint target {target} already exists")
+                shutil.copytree(src, target)
+                fut.set_result(target)
+            except BaseException as e:
+                fut.set_exception(e)
+
+    def _file_savepoint_requests(self) -> list[tuple[Path, Future[Path]]]:
+        """Requests from ``sluice savepoint`` in another process: a request file in
+        the checkpoint directory, answered by a ``.done``/``.failed`` file."""
+        assert self.checkpointing is not None
+        out: list[tuple[Path, Future[Path]]] = []
+        for req in self.checkpointing.storage.dir.glob("_savepoint-*.request"):
+            try:
+                target = Path(json.loads(req.read_text())["target"])
+            except (OSError, ValueError, KeyError):
+                continue
+            req.unlink(missing_ok=True)
+            fut: Future[Path] = Future()
+
+            def answer(f: Future[Path], req: Path = req) -> None:
+                e = f.exception()
+                body = {"error": str(e)} if e else {"path": str(f.result())}
+                suffix = ".failed" if e else ".done"
+                req.with_suffix(suffix).write_text(json.dumps(body))
+
+            fut.add_done_callback(answer)
+            out.append((target, fut))
+        return out
 
     # -- execution ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -297,6 +352,8 @@ class LocalRuntime:
                 if now >= next_discovery:
                     next_discovery = now + discover_every
                     self._discover()
+                    if self.checkpointing is not None:
+                        self._serve_savepoints()
                 if next_checkpoint is not None and now >= next_checkpoint and every:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter() + every
