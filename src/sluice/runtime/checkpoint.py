@@ -41,6 +41,7 @@ import polars as pl
 
 from sluice.errors import SluiceError
 from sluice.plan.partitioning import MAX_PARALLELISM, key_group_expr
+from sluice.runtime import faults
 from sluice.state.snapshot import Snapshot
 
 log = logging.getLogger("sluice.checkpoint")
@@ -156,6 +157,7 @@ class CheckpointStorage:
                     os.fsync(f.fileno())
                 pending.files[rel] = {"sha256": _sha256(out), "size": out.stat().st_size}
                 files[kind][name] = rel
+                faults.point("snapshot")
         entry["subtasks"][str(subtask)] = {
             "watermark": snap.watermark,
             "meta": snap.meta,
@@ -180,6 +182,7 @@ class CheckpointStorage:
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(pending.path)
+        faults.point("manifest")
         final = self.dir / f"chk-{pending.checkpoint_id:06d}"
         if final.exists():
             shutil.rmtree(final)

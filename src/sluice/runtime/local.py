@@ -29,6 +29,7 @@ from sluice.operators.base import (
 from sluice.operators.sink import SinkOperator
 from sluice.operators.source import SourceOperator
 from sluice.plan.physical import PhysicalNode, PhysicalPlan
+from sluice.runtime import faults
 from sluice.runtime.channels import ExchangeWriter, InputGate
 from sluice.runtime.checkpoint import (
     CheckpointError,
@@ -116,6 +117,7 @@ class _Coordinator(SnapshotSink):
         finally:
             self.pending = None
         for sk in self.rt.sinks:
+            faults.point("commit")
             sk.commit(cid)
         storage.retain(self.settings.keep)
         return cid

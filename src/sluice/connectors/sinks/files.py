@@ -6,22 +6,33 @@ writes part files ``part-<subtask>-<seq>.<ext>``. A part file is written under
 a hidden name ``.part-<subtask>-<seq>.<ext>.inprogress`` and renamed to its
 final name (after flush and fsync, with an atomic ``os.replace``) when it rolls
 or when the sink closes, so a reader of the directory only ever sees complete
-files. Sequence numbers continue after the part files already in the directory.
+files. Sequence numbers continue after the part files already in the directory
+(final, pending or in progress), so a restarted job never overwrites a file.
+
+In a checkpointing job the writers are transactional and output is published
+only by the commit of a completed checkpoint (see :class:`FileSink`; the
+renames and appends of a commit are in ``_commit``).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
 import time
-from abc import ABC, abstractmethod
 from typing import Any, BinaryIO
 
 import polars as pl
 
 from sluice.connectors.base import Sink, SinkWriter
+from sluice.connectors.sinks._commit import discard, fsync_dir, publish, size_of
+from sluice.connectors.sinks._encoders import (
+    CsvEncoder,
+    Encoder,
+    JsonlEncoder,
+    ParquetEncoder,
+    iso_datetimes,
+)
 from sluice.errors import ConfigError
 from sluice.time.durations import Duration, parse_duration
 
@@ -57,113 +68,21 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
     return n
 
 
-def iso_datetimes(df: pl.DataFrame) -> pl.DataFrame:
-    """Datetime, Date and Time columns as ISO-8601 strings (for text formats).
-
-    >>> import datetime as dt
-    >>> iso_datetimes(pl.DataFrame({"t": [dt.datetime(2024, 1, 2, 3, 4, 5)]}))["t"][0]
-    '2024-01-02T03:04:05'
-    """
-    exprs = []
-    for c, dtype in df.schema.items():
-        if isinstance(dtype, pl.Datetime):
-            fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
-            exprs.append(pl.col(c).dt.to_string(fmt))
-        elif isinstance(dtype, pl.Date):
-            exprs.append(pl.col(c).dt.to_string("%Y-%m-%d"))
-        elif isinstance(dtype, pl.Time):
-            exprs.append(pl.col(c).dt.to_string("%H:%M:%S%.f"))
-    return df.with_columns(exprs) if exprs else df
-
-
-# -- encoders: one format written into one open file --------------------------------------
-class _Encoder(ABC):
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh = fh
-
-    def fits(self, df: pl.DataFrame) -> Any:
-        """``df`` made ready for this file, or ``None`` if its columns cannot go in it."""
-        return df
-
-    @abstractmethod
-    def write(self, data: Any) -> None: ...
-
-    def finish(self) -> None:  # noqa: B027 - optional hook
-        """Write what the format needs at the end of a file."""
-
-
-class _JsonlEncoder(_Encoder):
-    def write(self, data: Any) -> None:
-        buf = io.BytesIO()
-        iso_datetimes(data).write_ndjson(buf)
-        self.fh.write(buf.getvalue())
-
-
-class _CsvEncoder(_Encoder):
-    def __init__(self, fh: BinaryIO, separator: str) -> None:
-        super().__init__(fh)
-        self.separator = separator
-        self.columns: list[str] | None = None
-
-    def fits(self, df: pl.DataFrame) -> Any:
-        if self.columns is None:
-            return df
-        if set(df.columns) != set(self.columns):
-            return None
-        return df.select(self.columns)
-
-    def write(self, data: Any) -> None:
-        buf = io.BytesIO()
-        iso_datetimes(data).write_csv(
-            buf, include_header=self.columns is None, separator=self.separator
-        )
-        self.columns = self.columns or list(data.columns)
-        self.fh.write(buf.getvalue())
-
-
-class _ParquetEncoder(_Encoder):
-    def __init__(self, fh: BinaryIO) -> None:
-        super().__init__(fh)
-        self.writer: Any = None
-
-    def fits(self, df: pl.DataFrame) -> Any:
-        table = df.to_arrow()
-        if self.writer is None:
-            return table
-        schema = self.writer.schema
-        if set(table.column_names) != set(schema.names):
-            return None
-        table = table.select(schema.names)
-        if table.schema.equals(schema):
-            return table
-        try:
-            return table.cast(schema)
-        except Exception:
-            return None
-
-    def write(self, data: Any) -> None:
-        import pyarrow.parquet as pq
-
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.fh, data.schema)
-        self.writer.write_table(data)
-
-    def finish(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
 # -- the writer -------------------------------------------------------------------------
 class FileSinkWriter(SinkWriter):
-    """Writes one subtask's batches: into the single file, or into rolling part files."""
+    """Writes one subtask's batches: into the single file, or into rolling part files.
+
+    When :attr:`transactional` (the job checkpoints), a finished file is renamed
+    to a hidden pending name instead of its final one, :meth:`pre_commit` lists
+    the pending files and :meth:`commit` publishes them (see :class:`FileSink`).
+    """
 
     def __init__(self, sink: FileSink, subtask: int) -> None:
         self.sink = sink
         self.subtask = subtask
         self._lock = threading.Lock()
         self._fh: BinaryIO | None = None
-        self._enc: _Encoder | None = None
+        self._enc: Encoder | None = None
         self._tmp = ""
         self._final = ""
         self._seq = 0
@@ -172,62 +91,114 @@ class FileSinkWriter(SinkWriter):
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._error: BaseException | None = None
-        #: Final paths of the files this writer completed, in order.
+        # Transactional: pre-committed files not yet committed, as listed in the txn.
+        self._pending: list[list[Any]] = []
+        # Transactional single file: its size (bytes, or rows for Parquet) once the
+        # pending segments are appended, and the committed file an encoder continues.
+        self._end = 0
+        self._continue: str | None = None
+        #: Final paths of the files this writer published, in order.
         self.completed: list[str] = []
+
+    @property
+    def _segments(self) -> bool:
+        """Whether the writer writes segments of one file (the transactional single file)."""
+        return self.sink.single_file and self.transactional
 
     def open(self) -> None:
         sink = self.sink
-        if sink.single_file:
-            parent = os.path.dirname(os.path.abspath(sink.path))
-            os.makedirs(parent, exist_ok=True)
+        os.makedirs(sink.directory, exist_ok=True)
+        if self._segments:
+            self._open_segments()
+        elif sink.single_file:
             if sink.format != "parquet":
                 self._start()  # text files exist (maybe empty) from the start
             return
-        os.makedirs(sink.path, exist_ok=True)
         self._seq = self._next_seq()
-        if sink.rolling_interval_ms is not None:
+        if sink.rolling_interval_ms is not None and not sink.single_file:
             self._ticker = threading.Thread(
                 target=self._tick, name=f"sluice-roll-{sink.name}-{self.subtask}", daemon=True
             )
             self._ticker.start()
 
+    def _open_segments(self) -> None:
+        sink = self.sink
+        resumed, sink.recovered = sink.recovered, False
+        if resumed:
+            self._end = size_of(sink.path, parquet=sink.format == "parquet")
+            self._continue = sink.path if self._end else None
+            return
+        # A new job replaces the file: the leftovers of an earlier job are not its own.
+        discard(sink.directory, sink.hidden)
+        if sink.format != "parquet":
+            with open(sink.path, "wb"):
+                pass  # text files exist (maybe empty) from the start
+
     def _next_seq(self) -> int:
-        pat = re.compile(rf"^\.?part-{self.subtask}-(\d+)\.")
-        seqs = [int(m.group(1)) for n in os.listdir(self.sink.path) if (m := pat.match(n))]
+        if self.sink.single_file:
+            base = re.escape(os.path.basename(self.sink.path))
+            pat = re.compile(rf"^\.{base}\.(\d+)\.pending$")
+        else:  # final, pending and in-progress names
+            pat = re.compile(rf"^\.?part-{self.subtask}-(\d+)\.")
+        seqs = [int(m.group(1)) for n in os.listdir(self.sink.directory) if (m := pat.match(n))]
         return max(seqs) + 1 if seqs else 0
 
     def _start(self) -> None:
         sink = self.sink
         if sink.single_file:
             self._final = sink.path
-            if sink.format == "parquet":
-                d, base = os.path.split(sink.path)
-                self._tmp = os.path.join(d, f".{base}.inprogress")
+            if sink.format == "parquet" or self.transactional:
+                self._tmp = sink.hidden_path(f"{os.path.basename(sink.path)}.inprogress")
             else:
                 self._tmp = sink.path
         else:
             name = f"part-{self.subtask}-{self._seq:05d}{sink.extension}"
             self._final = os.path.join(sink.path, name)
-            self._tmp = os.path.join(sink.path, f".{name}.inprogress")
+            self._tmp = sink.hidden_path(f"{name}.inprogress")
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed when the file rolls
-        self._enc = sink.encoder(self._fh)
+        if self._enc is None:
+            self._enc = sink.encoder(self._fh)
+            if self._continue is not None:
+                self._enc.continue_file(self._continue)
+                self._continue = None
+        else:  # the next segment of the single file
+            self._enc.fh = self._fh
         self._rows = 0
         self._opened_at = time.monotonic()
 
     def _complete(self) -> None:
-        """Finish the current file: footer, flush, fsync, rename to its final name."""
+        """Finish the current file (footer, flush, fsync), then rename it to its
+        final name, or to its pending name in a transaction."""
         assert self._fh is not None and self._enc is not None
         self._enc.finish()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
-        self._enc = None
-        if self._tmp != self._final:
-            os.replace(self._tmp, self._final)
-            _fsync_dir(os.path.dirname(os.path.abspath(self._final)))
-        self.completed.append(self._final)
+        if not self._segments:
+            self._enc = None
+        if self.transactional:
+            self._pend()
+        else:
+            if self._tmp != self._final:
+                os.replace(self._tmp, self._final)
+                fsync_dir(self.sink.directory)
+            self.completed.append(self._final)
         self._seq += 1
+
+    def _pend(self) -> None:
+        final = os.path.basename(self._final)
+        if self._segments:
+            hidden = f".{final}.{self._seq:05d}.pending"
+            size = self._rows if self.sink.format == "parquet" else os.path.getsize(self._tmp)
+            entry: list[Any] = [hidden, final, self._end, self._end + size]
+            self._end += size
+        else:
+            hidden = f".{final}.pending"
+            entry = [hidden, final]
+        os.replace(self._tmp, self.sink.hidden_path(hidden))
+        fsync_dir(self.sink.directory)
+        self._pending.append(entry)
 
     def _should_roll(self) -> bool:
         sink = self.sink
@@ -291,36 +262,85 @@ class FileSinkWriter(SinkWriter):
             if self._fh is not None:
                 self._fh.flush()
 
+    # -- two-phase commit ---------------------------------------------------------------
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
+        """Finish the current file as pending and list every pending file:
+        ``{"files": [[hidden, final], ...]}`` (part files) or ``{"segments":
+        [[hidden, final, before, after], ...]}`` (single file), names relative to
+        the sink's directory."""
+        if not self.transactional:
+            return super().pre_commit(checkpoint_id)
+        with self._lock:
+            self._raise_pending()
+            if self._fh is not None and self._rows:
+                self._complete()
+            key = "segments" if self._segments else "files"
+            return {key: [list(e) for e in self._pending]}
+
+    def commit(self, checkpoint_id: int, txn: dict[str, Any]) -> None:
+        """Publish the files of ``txn`` (idempotent)."""
+        if not self.transactional:
+            return
+        with self._lock:
+            published = self.sink.publish(txn)
+            listed = {e[0] for key in ("files", "segments") for e in txn.get(key, [])}
+            self._pending = [e for e in self._pending if e[0] not in listed]
+            for name in published:
+                path = os.path.join(self.sink.directory, name)
+                if path not in self.completed:
+                    self.completed.append(path)
+
     def close(self) -> None:
+        """Finish and publish the current file; in a transaction, publish
+        nothing: what is not committed stays hidden (recovery deletes it)."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
         with self._lock:
             if self._fh is not None:
-                self._complete()
+                if self.transactional:
+                    self._abandon()
+                else:
+                    self._complete()
             self._raise_pending()
 
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    def _abandon(self) -> None:
+        assert self._fh is not None
+        try:
+            if self._enc is not None:
+                self._enc.finish()
+        finally:
+            self._fh.close()
+            self._fh = None
+            self._enc = None
 
 
 # -- the sinks ----------------------------------------------------------------------------
 class FileSink(Sink):
-    """Base of the file sinks (see :func:`jsonl`, :func:`csv`, :func:`parquet`)."""
+    """Base of the file sinks (see :func:`jsonl`, :func:`csv`, :func:`parquet`).
+
+    In a checkpointing job the sink is exactly-once (two-phase commit): output
+    becomes visible only when the checkpoint that covers it is complete.
+
+    - Part files: a finished part file (rolled, or cut at a checkpoint) is renamed
+      to ``.part-<subtask>-<seq>.<ext>.pending``; the checkpoint's commit renames
+      it to ``part-<subtask>-<seq>.<ext>``.
+    - Single file: the rows between two checkpoints are written to a hidden
+      segment ``.<name>.<seq>.pending``, which the commit appends to the file
+      (a text file grows in place; a Parquet file is rewritten with the new row
+      groups, so keep single Parquet files small or write a directory). A
+      reader sees the file grow a checkpoint at a time, never a row that could
+      be taken back.
+
+    :meth:`recover` (restoring a checkpoint) publishes what that checkpoint
+    pre-committed and deletes every other hidden file of the sink: the rows
+    they hold are written again by the replay.
+    """
 
     format = "jsonl"
     extension = ".jsonl"
+    exactly_once = True
 
     def __init__(
         self,
@@ -358,12 +378,44 @@ class FileSink(Sink):
                 f"{self.format} sink: {self.path!r} is a single file, which does not roll; "
                 "give a directory path to write rolling part files"
             )
+        #: The directory the sink writes in (the parent of a single file).
+        self.directory = (
+            os.path.dirname(os.path.abspath(self.path)) if self.single_file else self.path
+        )
+        if self.single_file:
+            base = re.escape(os.path.basename(self.path))
+            pattern = rf"^\.{base}\.(?:\d+\.pending|inprogress|merging)$"
+        else:
+            pattern = rf"^\.part-\d+-\d+{re.escape(self.extension)}\.(?:pending|inprogress)$"
+        #: The names of the sink's hidden (uncommitted) files.
+        self.hidden = re.compile(pattern)
+        #: Set by :meth:`recover`: the next writer of a single file continues it.
+        self.recovered = False
 
-    def encoder(self, fh: BinaryIO) -> _Encoder:
-        return _JsonlEncoder(fh)
+    def hidden_path(self, name: str) -> str:
+        """The path of hidden file ``.<name>`` in the sink's directory."""
+        return os.path.join(self.directory, name if name.startswith(".") else f".{name}")
+
+    def encoder(self, fh: BinaryIO) -> Encoder:
+        return JsonlEncoder(fh)
 
     def create_writer(self, subtask: int, parallelism: int) -> SinkWriter:
         return FileSinkWriter(self, subtask)
+
+    def publish(self, txn: dict[str, Any]) -> list[str]:
+        """Publish the files of a pre-committed transaction (idempotent); return
+        the final names."""
+        return publish(self.directory, txn, parquet=self.format == "parquet", sink=self.name)
+
+    def recover(self, committed: list[dict[str, Any]]) -> None:
+        """Publish the transactions of the restored checkpoint, then delete the
+        sink's other hidden files (output written after the checkpoint)."""
+        self.recovered = True
+        if not os.path.isdir(self.directory):
+            return
+        for txn in committed:
+            self.publish(txn)
+        discard(self.directory, self.hidden)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -401,8 +453,8 @@ class CsvSink(FileSink):
             rolling_interval=rolling_interval,
         )
 
-    def encoder(self, fh: BinaryIO) -> _Encoder:
-        return _CsvEncoder(fh, self.separator)
+    def encoder(self, fh: BinaryIO) -> Encoder:
+        return CsvEncoder(fh, self.separator)
 
 
 class ParquetSink(FileSink):
@@ -411,8 +463,8 @@ class ParquetSink(FileSink):
     format = "parquet"
     extension = ".parquet"
 
-    def encoder(self, fh: BinaryIO) -> _Encoder:
-        return _ParquetEncoder(fh)
+    def encoder(self, fh: BinaryIO) -> Encoder:
+        return ParquetEncoder(fh)
 
 
 def jsonl(
@@ -430,7 +482,9 @@ def jsonl(
         A path ending in ``.jsonl`` (or ``.ndjson``) is one file, written in
         place by a single subtask and flushed after every batch. Any other path
         is a directory of rolling part files ``part-<subtask>-<seq>.jsonl``,
-        each visible only once complete.
+        each visible only once complete. In a checkpointing job, output becomes
+        visible only when a checkpoint covering it completes (exactly-once;
+        see :class:`FileSink`).
     rolling_rows
         Start a new part file after this many rows.
     rolling_bytes

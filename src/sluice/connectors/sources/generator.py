@@ -4,12 +4,16 @@ Rows are numbered ``0, 1, 2, ...`` and cut into blocks of ``batch_size``; block
 ``b`` belongs to split ``b % n_splits``. Every split therefore walks through the
 row numbers at the same pace, and the multiset of rows produced does not depend
 on the parallelism: a benchmark or test gets the same data on 1 or 8 subtasks.
+
+Split ``i`` is named ``"gen-<i>"``; its checkpoint state is its block and the
+rows of it already emitted, so a job resumes with the same number of splits.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,7 +26,8 @@ RowFunction = Callable[[int, int], pl.DataFrame]
 
 
 class _GeneratorSplit(SplitReader):
-    """Reads blocks ``index, index + n_splits, ...`` of the row numbers."""
+    """Reads blocks ``index, index + n_splits, ...`` of the row numbers. Its
+    checkpoint state is the block it is in and the rows of it already emitted."""
 
     def __init__(
         self,
@@ -33,7 +38,7 @@ class _GeneratorSplit(SplitReader):
         count: int | None,
         rate: float | None,
     ) -> None:
-        self.split_id = str(index)
+        self.split_id = f"gen-{index}"
         self.fn = fn
         self.index = index
         self.n_splits = n_splits
@@ -44,6 +49,7 @@ class _GeneratorSplit(SplitReader):
         self._in_block = 0  # rows of the current block already emitted
         self._emitted = 0
         self._started: float | None = None
+        self._paced_from = 0  # rows emitted when the rate clock started
         self.finished = self._end_of_block() == self._block_start()
 
     def _block_start(self) -> int:
@@ -58,13 +64,36 @@ class _GeneratorSplit(SplitReader):
         """Rows emitted by this split so far (for checkpoints)."""
         return self._emitted
 
+    def snapshot(self) -> dict[str, Any]:
+        """``{"n_splits", "block", "in_block", "emitted"}``."""
+        return {
+            "n_splits": self.n_splits,
+            "block": self._block_no,
+            "in_block": self._in_block,
+            "emitted": self._emitted,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if int(state["n_splits"]) != self.n_splits:
+            raise ConfigError(
+                f"generator: the checkpoint was taken with {state['n_splits']} splits, this "
+                f"run has {self.n_splits}; resume with the same parallelism and "
+                "parallelism_splits (rows are dealt to splits by their number)"
+            )
+        self._block_no = int(state["block"])
+        self._in_block = int(state["in_block"])
+        self._emitted = int(state["emitted"])
+        self._started = None
+        self.finished = self._end_of_block() <= self._block_start() + self._in_block
+
     def _due(self) -> int:
         if self.rate is None:
             return 1 << 62
         now = time.perf_counter()
-        if self._started is None:
+        if self._started is None:  # the rate counts from the (re)start, not from row 0
             self._started = now
-        return int((now - self._started) * self.rate) + 1 - self._emitted
+            self._paced_from = self._emitted
+        return int((now - self._started) * self.rate) + 1 - (self._emitted - self._paced_from)
 
     def poll(self, max_rows: int) -> ReadBatch | None:
         if self.finished:
