@@ -48,6 +48,8 @@ class Flow:
         parallelism: int = 1,
         max_batch_rows: int = 65_536,
         linger: Duration = "1ms",
+        state_backend: str = "memory",
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if parallelism < 1:
             raise ConfigError(f"Flow {name!r}: parallelism must be >= 1, got {parallelism}")
@@ -57,6 +59,12 @@ class Flow:
         self.parallelism = parallelism
         self.max_batch_rows = max_batch_rows
         self.linger_ms = parse_duration(linger, what="linger")
+        if state_backend not in ("memory", "rocksdb"):
+            raise ConfigError(
+                f"Flow {name!r}: state_backend must be 'memory' or 'rocksdb', got {state_backend!r}"
+            )
+        self.state_backend = state_backend
+        self.state_dir = None if state_dir is None else os.fspath(state_dir)
         self.plan = LogicalPlan(name)
         self._names: dict[str, int] = {}
         self._runtime: LocalRuntime | None = None
@@ -197,7 +205,12 @@ class Flow:
                 restore = storage.latest()
         if from_savepoint is not None:
             restore = load_checkpoint(from_savepoint, trust=trust_checkpoint)
-        runtime = LocalRuntime(plan, checkpointing=settings, restore=restore)
+        runtime = LocalRuntime(
+            plan,
+            checkpointing=settings,
+            restore=restore,
+            config={"state_backend": self.state_backend, "state_dir": self.state_dir},
+        )
         if settings is not None and runtime.guarantee != "exactly-once":
             log.warning(
                 "flow %r checkpoints but is %s: %s",

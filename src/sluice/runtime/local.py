@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sluice.errors import PlanError
 from sluice.operators.base import (
@@ -133,8 +134,10 @@ class LocalRuntime:
         *,
         checkpointing: CheckpointSettings | None = None,
         restore: LoadedCheckpoint | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.plan = plan
+        self.config = dict(config or {})
         self.timers = TimerService(clock or Clock())
         self.instances: dict[int, list[Operator]] = {}
         self.metrics: dict[int, list[Metrics]] = {}
@@ -186,7 +189,13 @@ class LocalRuntime:
             for i, op in enumerate(ops):
                 op.open(
                     OperatorContext(
-                        pn.name, i, pn.parallelism, self.timers, ms[i], checkpoints=self.coordinator
+                        pn.name,
+                        i,
+                        pn.parallelism,
+                        self.timers,
+                        ms[i],
+                        config=self.config,
+                        checkpoints=self.coordinator,
                     )
                 )
                 if (
