@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sluice.cli.console import console, handle_errors
@@ -37,7 +38,10 @@ def ls(directory: Annotated[Path, DIR_ARG]) -> None:
     with handle_errors(False):
         if not directory.is_dir():
             raise SluiceError(f"{directory} is not a directory")
-        infos = CheckpointStorage(directory).list()
+        if (directory / "_manifest.json").exists():  # one checkpoint or savepoint
+            infos = CheckpointStorage(directory.parent).list_one(directory)
+        else:
+            infos = CheckpointStorage(directory).list()
         if not infos:
             console.print(f"no complete checkpoints in {directory}")
             return
@@ -46,7 +50,7 @@ def ls(directory: Annotated[Path, DIR_ARG]) -> None:
             when = datetime.fromtimestamp(i.created_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             kind = "savepoint" if i.savepoint else "final" if i.finished else "checkpoint"
             pos = "; ".join(
-                f"{node}[{sid}]={json.dumps(p, separators=(',', ':'))}"
+                escape(f"{node}[{sid}]={json.dumps(p, separators=(',', ':'))}")
                 for node, splits in i.sources.items()
                 for sid, p in splits.items()
             )

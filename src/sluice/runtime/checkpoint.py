@@ -145,8 +145,8 @@ class CheckpointStorage:
         files: dict[str, dict[str, str]] = {"keyed": {}, "tables": {}}
         for kind, tables in (("keyed", snap.keyed), ("tables", snap.tables)):
             for name, df in tables.items():
-                if df.height == 0:
-                    continue
+                if kind == "keyed" and df.height == 0:
+                    continue  # (other tables may be empty on purpose: a schema)
                 if kind == "keyed":
                     df = df.with_columns(key_group_expr(snap.keys).alias(KG))
                 rel = f"{_safe(node)}/{subtask}/{_safe(name)}.arrow"
@@ -228,6 +228,13 @@ class CheckpointStorage:
 
                 warnings.warn(f"skipping corrupt checkpoint {path}: {e}", stacklevel=2)
         return None
+
+    def list_one(self, path: Path) -> list[CheckpointInfo]:
+        """The info of one checkpoint or savepoint directory (empty if unreadable)."""
+        try:
+            return [_info(path, _read_manifest(path))]
+        except CheckpointError:
+            return []
 
     def list(self) -> list[CheckpointInfo]:
         out = []
