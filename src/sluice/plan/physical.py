@@ -74,8 +74,10 @@ def build_physical(plan: LogicalPlan, default_parallelism: int) -> PhysicalPlan:
             kind: ExchangeKind = e.exchange
             if kind == "forward" and src.parallelism != p:
                 kind = "rebalance"
-            if kind == "hash" and src.parallelism == p and (
-                p == 1 or src.node.partitioned_by == e.keys
+            if (
+                kind == "hash"
+                and src.parallelism == p
+                and (p == 1 or src.node.partitioned_by == e.keys)
             ):
                 kind = "forward"  # already partitioned that way
             chained = kind == "forward" and len(node.inputs) == 1 and src.parallelism == p
