@@ -37,6 +37,9 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/window_throughput.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/log_append.py
+	$(BIN)/python bench/log_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

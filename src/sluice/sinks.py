@@ -11,6 +11,7 @@ from sluice.connectors.sinks.files import (
     jsonl,
     parquet,
 )
+from sluice.connectors.sinks.log import LogSink, log
 from sluice.connectors.sinks.stdout import StdoutSink, stdout
 
 __all__ = [
@@ -19,12 +20,14 @@ __all__ = [
     "CsvSink",
     "FileSink",
     "JsonlSink",
+    "LogSink",
     "ParquetSink",
     "StdoutSink",
     "callback",
     "collect",
     "csv",
     "jsonl",
+    "log",
     "parquet",
     "stdout",
 ]

@@ -11,6 +11,7 @@ from sluice.connectors.sources.files import (
     parquet,
 )
 from sluice.connectors.sources.generator import GeneratorSource, generator, synthetic
+from sluice.connectors.sources.log import LogSource, log
 from sluice.connectors.sources.memory import IteratorSource, MemorySource, memory
 
 __all__ = [
@@ -19,12 +20,14 @@ __all__ = [
     "GeneratorSource",
     "IteratorSource",
     "JsonlSource",
+    "LogSource",
     "MemorySource",
     "ParquetSource",
     "csv",
     "files",
     "generator",
     "jsonl",
+    "log",
     "memory",
     "parquet",
     "synthetic",

@@ -15,6 +15,7 @@ import sluice
 from sluice.cli.checkpoints import checkpoints_app, savepoint
 from sluice.cli.plan import plan
 from sluice.cli.run import run
+from sluice.cli.topic import register as register_log_commands
 
 app = typer.Typer(
     name="sluice",
@@ -28,6 +29,7 @@ app.command()(run)
 app.command()(plan)
 app.command()(savepoint)
 app.add_typer(checkpoints_app)
+register_log_commands(app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,505 @@
+"""Producing records: one at a time, or whole columnar batches.
+
+:meth:`Producer.send` appends one record and returns its
+:class:`RecordMetadata` once it is written (acknowledged). :meth:`Producer.send_batch`
+takes a Polars DataFrame or an Arrow table, picks each row's key, value and
+timestamp from columns, partitions the rows (Kafka's murmur2 partitioner, see
+:mod:`sluice.log.partitioner`), and appends them as a few large batches per
+partition: the fast path, with no Python loop per row.
+
+Durability (``fsync=``):
+
+``"always"``
+    every append is ``fdatasync``'d before it is acknowledged;
+``"interval"`` (default)
+    a background thread fsyncs what was appended every ``fsync_interval``
+    (1 s); a crash of the process loses nothing, a crash of the machine at most
+    that interval;
+``"never"``
+    the operating system writes back when it wants (Kafka's default).
+
+Everything about a call is checked before anything is written: the topic and
+partition exist, no record exceeds ``max_record_bytes``, values match the
+topic's schema, compacted topics get keys. A call that fails these checks
+writes nothing. All records of one call that go to one partition are written
+with one system call and published together, so a reader sees all of them or
+none; on a full disk they are removed again and :class:`LogFullError` is raised.
+
+Each producer has a random producer id, and each batch carries it with a
+per-partition sequence number (Kafka's idempotent-producer fields). They are
+recorded now; a later exactly-once sink uses them to drop duplicates after a
+retry, without a change of the on-disk format.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from sluice.errors import ConfigError
+from sluice.log.errors import InvalidRecordError, LogError, RecordTooLargeError
+from sluice.log.format import (
+    PreparedBatch,
+    as_binary,
+    binary_parts,
+    codec_id,
+    prepare_batch,
+    prepare_record,
+)
+from sluice.log.partition import Partition, now_ms
+from sluice.log.partitioner import murmur2_one, partition_for
+from sluice.log.schema import check_frame, check_values
+from sluice.time.durations import Duration, parse_duration
+
+Fsync = Literal["always", "interval", "never"]
+#: Target size of one on-disk batch written by send_batch.
+DEFAULT_BATCH_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RecordMetadata:
+    """Where an acknowledged record went."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class BatchMetadata:
+    """What one ``send_batch`` call wrote: per partition, the offset range
+    ``[first, next)`` of its records (in input order within the partition)."""
+
+    topic: str
+    ranges: dict[int, tuple[int, int]]
+
+    @property
+    def count(self) -> int:
+        return sum(b - a for a, b in self.ranges.values())
+
+
+def to_bytes(value: Any, what: str) -> bytes | None:
+    """``bytes``/``str``/JSON-able value as bytes (``None`` stays ``None``)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float | bool | dict | list):
+        return json.dumps(value, separators=(",", ":")).encode()
+    raise ConfigError(f"{what} must be bytes, str or a JSON value, got {type(value).__name__}")
+
+
+def _timestamp_ms(ts: Any) -> int:
+    if ts is None:
+        return now_ms()
+    if isinstance(ts, datetime):
+        return int(ts.timestamp() * 1000)
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return int(ts)
+    raise ConfigError(f"timestamp must be milliseconds or a datetime, got {ts!r}")
+
+
+class Producer:
+    """Appends records to the topics of a :class:`~sluice.log.topic.Log`.
+
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from sluice.log import Log
+    >>> log = Log(tempfile.mkdtemp())
+    >>> log.create_topic("clicks", partitions=3)
+    >>> df = pl.DataFrame({"user": ["ana", "eve", "ana"], "n": [1, 2, 3]})
+    >>> with log.producer(fsync="always") as p:
+    ...     meta = p.send_batch("clicks", df, key="user")
+    >>> meta.count, sorted(meta.ranges)
+    (3, [1, 2])
+    """
+
+    def __init__(
+        self,
+        log: Any,
+        *,
+        fsync: Fsync = "interval",
+        fsync_interval: Duration = "1s",
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        compression: str | None = None,
+    ) -> None:
+        if fsync not in ("always", "interval", "never"):
+            raise ConfigError(f"fsync must be 'always', 'interval' or 'never', got {fsync!r}")
+        self.log = log
+        self.fsync = fsync
+        self.fsync_interval_s = parse_duration(fsync_interval, what="fsync_interval") / 1000
+        self.batch_bytes = max(1024, int(batch_bytes))
+        self.compression = compression
+        self.producer_id = random.getrandbits(62)
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._sticky: dict[str, int] = {}
+        self._dirty: set[Partition] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- single records ------------------------------------------------------------------
+    def send(
+        self,
+        topic: str,
+        value: Any,
+        key: Any = None,
+        *,
+        partition: int | None = None,
+        timestamp: int | datetime | None = None,
+        headers: dict[str, Any] | list[tuple[str, Any]] | None = None,
+    ) -> RecordMetadata:
+        """Append one record; returns where it went once it is written (and fsync'd
+        with ``fsync="always"``). ``value=None`` is a tombstone (deletes the key in a
+        compacted topic). ``str`` values and keys are UTF-8 encoded, dicts/lists JSON."""
+        k = to_bytes(key, "key")
+        v = to_bytes(value, "value")
+        ts = _timestamp_ms(timestamp)
+        if headers:  # the general path handles headers
+            meta = self._send_columns(
+                topic,
+                keys=pa.array([k], pa.binary()),
+                values=pa.array([v], pa.binary()),
+                timestamps=np.array([ts], np.int64),
+                partition=partition,
+                headers=[headers],
+            )
+            (p, (first, _)) = next(iter(meta.ranges.items()))
+            return RecordMetadata(topic, p, first, ts)
+        if self._closed:
+            raise LogError("the producer is closed")
+        cfg = self.log.config(topic)
+        size = (len(k) if k is not None else 0) + (len(v) if v is not None else 0)
+        if size > cfg.max_record_bytes:
+            raise RecordTooLargeError(
+                f"the record for topic {topic!r} is {size} bytes, more than the topic's "
+                f"max_record_bytes ({cfg.max_record_bytes}); nothing was written"
+            )
+        if cfg.compact and k is None:
+            raise InvalidRecordError(
+                f"the record has no key, but topic {topic!r} is compacted; nothing was written"
+            )
+        if cfg.schema and v is not None:
+            check_values(pa.array([v], pa.binary()), cfg.schema, topic)
+        if partition is None:
+            if k is None:
+                partition = self._sticky.get(topic, random.randrange(cfg.partitions))
+                self._sticky[topic] = (partition + 1) % cfg.partitions
+                partition %= cfg.partitions
+            else:
+                partition = (murmur2_one(k) & 0x7FFFFFFF) % cfg.partitions
+        part = self.log.partition(topic, partition)
+        seq = self._sequences.get((topic, partition), 0)
+        batch = prepare_record(
+            ts,
+            k,
+            v,
+            codec=codec_id(self.compression or cfg.compression),
+            producer_id=self.producer_id,
+            producer_epoch=0,
+            base_sequence=seq,
+        )
+        first, _ = part.append([batch], fsync=self.fsync == "always")
+        self._sequences[(topic, partition)] = (seq + 1) % (2**31)
+        self._mark_dirty(part)
+        return RecordMetadata(topic, partition, first, ts)
+
+    def send_many(self, topic: str, records: Iterable[dict[str, Any]]) -> BatchMetadata:
+        """Append records given as dicts with ``value`` and optional ``key``,
+        ``timestamp``, ``partition`` (the same for all) and ``headers``."""
+        rows = list(records)
+        if not rows:
+            return BatchMetadata(topic, {})
+        parts = {r.get("partition") for r in rows}
+        if len(parts) > 1:
+            raise ConfigError("send_many: give the same 'partition' to all records, or none")
+        return self._send_columns(
+            topic,
+            keys=pa.array([to_bytes(r.get("key"), "key") for r in rows], pa.binary()),
+            values=pa.array([to_bytes(r.get("value"), "value") for r in rows], pa.binary()),
+            timestamps=np.array([_timestamp_ms(r.get("timestamp")) for r in rows], np.int64),
+            partition=parts.pop(),
+            headers=[r.get("headers") for r in rows]
+            if any(r.get("headers") for r in rows)
+            else None,
+        )
+
+    # -- columnar batches ----------------------------------------------------------------
+    def send_batch(
+        self,
+        topic: str,
+        data: pl.DataFrame | pa.Table | pa.RecordBatch,
+        *,
+        key: str | None = None,
+        value: str | None = None,
+        timestamp: str | None = None,
+        partition: int | None = None,
+    ) -> BatchMetadata:
+        """Append every row of ``data``.
+
+        ``key``: column whose values (as UTF-8 text or bytes) are the record keys;
+        none: keyless records. ``value``: column holding the value (bytes or text);
+        none: each row is serialized as a JSON object (all columns). ``timestamp``:
+        column of epoch milliseconds or datetimes; none: now. ``partition``: write
+        all rows to this partition instead of partitioning by key.
+        """
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        columns = data.columns if isinstance(data, pl.DataFrame) else data.column_names
+        height = data.height if isinstance(data, pl.DataFrame) else data.num_rows
+        if height == 0:
+            return BatchMetadata(topic, {})
+        for col in (key, value, timestamp):
+            if col is not None and col not in columns:
+                raise ConfigError(
+                    f"send_batch: column {col!r} not in the data (columns: {columns})"
+                )
+
+        def column(name: str) -> pa.Array:  # Arrow input stays Arrow: no copy
+            if isinstance(data, pl.DataFrame):
+                return data.get_column(name).to_arrow()
+            return data.column(name)
+
+        cfg = self.log.config(topic)
+        if value is None:
+            df = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
+            assert isinstance(df, pl.DataFrame)
+            if cfg.schema:
+                check_frame(df, cfg.schema, topic)
+            values = _json_rows(df)
+        else:
+            values = as_binary(column(value))
+        keys = as_binary(column(key)) if key is not None else pa.nulls(height, pa.binary())
+        if timestamp is None:
+            ts = np.full(height, now_ms(), np.int64)
+        else:
+            tcol = pl.Series(column(timestamp))
+            if isinstance(tcol.dtype, pl.Datetime):
+                tcol = tcol.dt.epoch("ms")
+            elif tcol.dtype == pl.String:
+                tcol = tcol.str.to_datetime(time_unit="ms").dt.epoch("ms")
+            if tcol.null_count():
+                raise ConfigError(f"send_batch: timestamp column {timestamp!r} has nulls")
+            ts = tcol.cast(pl.Int64).to_numpy()
+        return self._send_columns(
+            topic,
+            keys=keys,
+            values=values,
+            timestamps=ts,
+            partition=partition,
+            schema_checked=value is None,
+        )
+
+    def _send_columns(
+        self,
+        topic: str,
+        *,
+        keys: pa.Array,
+        values: pa.Array,
+        timestamps: np.ndarray,
+        partition: int | None,
+        headers: list[Any] | None = None,
+        schema_checked: bool = False,
+    ) -> BatchMetadata:
+        if self._closed:
+            raise LogError("the producer is closed")
+        cfg = self.log.config(topic)
+        len(values)
+        # -- validate everything before writing anything --------------------------------
+        if partition is not None:
+            self.log.partition(topic, partition)  # raises PartitionNotFoundError
+        klen, _ = binary_parts(keys)
+        vlen, _ = binary_parts(values)
+        sizes = np.maximum(klen, 0).astype(np.int64) + np.maximum(vlen, 0)
+        if headers is not None:
+            sizes = sizes + np.array([len(json.dumps(h, default=str)) if h else 0 for h in headers])
+        too_big = np.flatnonzero(sizes > cfg.max_record_bytes)
+        if len(too_big):
+            i = int(too_big[0])
+            raise RecordTooLargeError(
+                f"record {i} for topic {topic!r} is {int(sizes[i])} bytes, more than the topic's "
+                f"max_record_bytes ({cfg.max_record_bytes}); nothing was written. Raise it with "
+                f"`sluice topic alter {topic} --max-record-bytes ...`"
+            )
+        if cfg.compact and keys.null_count:
+            i = int(np.flatnonzero(klen < 0)[0])
+            raise InvalidRecordError(
+                f"record {i} has no key, but topic {topic!r} is compacted (records are kept "
+                "per key); nothing was written"
+            )
+        if cfg.schema and not schema_checked:
+            check_values(values, cfg.schema, topic)
+        # -- route to partitions --------------------------------------------------------
+        groups: dict[int, np.ndarray | None]
+        if partition is not None:
+            groups = {partition: None}
+        else:
+            pids = partition_for(keys, cfg.partitions)
+            if keys.null_count:
+                sticky = self._sticky.get(topic, random.randrange(cfg.partitions))
+                self._sticky[topic] = (sticky + 1) % cfg.partitions
+                pids[klen < 0] = sticky % cfg.partitions
+            groups = _group(pids)
+        codec = codec_id(self.compression or cfg.compression)
+        plans: list[tuple[Partition, list[PreparedBatch]]] = []
+        for p, idx in groups.items():
+            if idx is None:
+                k, v, t, hs, sz = keys, values, timestamps, headers, sizes
+            else:
+                ia = pa.array(idx)
+                k, v, t, sz = keys.take(ia), values.take(ia), timestamps[idx], sizes[idx]
+                hs = [headers[i] for i in idx] if headers is not None else None
+            plans.append(
+                (self.log.partition(topic, p), self._prepare(topic, p, k, v, t, hs, sz, codec))
+            )
+        # -- write -----------------------------------------------------------------------
+        ranges: dict[int, tuple[int, int]] = {}
+        always = self.fsync == "always"
+        for part, batches in plans:
+            ranges[part.index] = part.append(batches, fsync=always)
+            self._mark_dirty(part)
+        return BatchMetadata(topic, ranges)
+
+    def _mark_dirty(self, part: Partition) -> None:
+        if self.fsync == "interval":
+            with self._lock:
+                self._dirty.add(part)
+            if self._flusher is None:
+                self._start_flusher()
+
+    def _prepare(
+        self,
+        topic: str,
+        p: int,
+        keys: pa.Array,
+        values: pa.Array,
+        ts: np.ndarray,
+        headers: list[Any] | None,
+        sizes: np.ndarray,
+        codec: int,
+    ) -> list[PreparedBatch]:
+        n = len(values)
+        # cut into batches of about batch_bytes (per-record overhead counted as 8 bytes)
+        cum = np.cumsum(sizes + 8)
+        cuts = [0]
+        while cuts[-1] < n:
+            start = int(cum[cuts[-1] - 1]) if cuts[-1] else 0
+            nxt = int(np.searchsorted(cum, start + self.batch_bytes, side="right"))
+            cuts.append(min(n, max(nxt, cuts[-1] + 1)))
+        out = []
+        seq_key = (topic, p)
+        seq = self._sequences.get(seq_key, 0)
+        for a, b in itertools.pairwise(cuts):
+            out.append(
+                prepare_batch(
+                    ts[a:b],
+                    keys.slice(a, b - a),
+                    values.slice(a, b - a),
+                    headers=headers[a:b] if headers is not None else None,
+                    codec=codec,
+                    producer_id=self.producer_id,
+                    producer_epoch=0,
+                    base_sequence=seq,
+                )
+            )
+            seq = (seq + (b - a)) % (2**31)
+        self._sequences[seq_key] = seq
+        return out
+
+    # -- durability ------------------------------------------------------------------------
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="sluice-log-fsync", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval_s):
+            self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for part in dirty:
+            try:
+                part.flush()
+            except OSError:
+                with self._lock:
+                    self._dirty.add(part)
+
+    def flush(self) -> None:
+        """fsync everything this producer appended so far (any policy)."""
+        with self._lock:
+            self._dirty.clear()
+        for part in {p for (t, i) in self._sequences for p in [self.log.partition(t, i)]}:
+            part.flush()
+
+    def close(self) -> None:
+        """Stop the fsync thread; with ``fsync="interval"`` fsync what is pending."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        if self.fsync == "interval":
+            self._flush_dirty()
+
+
+def _group(pids: np.ndarray) -> dict[int, np.ndarray | None]:
+    """Row indices per partition, in input order (``None``: all rows)."""
+    first = int(pids[0])
+    if (pids == first).all():
+        return {first: None}
+    order = np.argsort(pids, kind="stable")
+    sorted_p = pids[order]
+    bounds = np.flatnonzero(np.diff(sorted_p)) + 1
+    out: dict[int, np.ndarray | None] = {}
+    for chunk in np.split(order, bounds):
+        out[int(pids[chunk[0]])] = chunk
+    return out
+
+
+def _json_rows(df: pl.DataFrame) -> pa.Array:
+    """Each row as a JSON object, as a binary Arrow array (one NDJSON write, split
+    at the newlines with NumPy)."""
+    buf = io.BytesIO()
+    df.write_ndjson(buf)
+    data = buf.getvalue()
+    arr = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    if len(ends) != df.height:  # a newline inside a value cannot happen in NDJSON
+        raise LogError("internal error: NDJSON rows do not match the frame")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts
+    offs = np.zeros(df.height + 1, np.int64)
+    np.cumsum(lengths, out=offs[1:])
+    body = np.delete(arr, ends)  # the rows without their newlines, contiguous
+    return pa.Array.from_buffers(
+        pa.large_binary(), df.height, [None, pa.py_buffer(offs), pa.py_buffer(body)]
+    )
+
+
+__all__ = ["BatchMetadata", "Producer", "RecordMetadata", "to_bytes"]
