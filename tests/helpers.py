@@ -43,3 +43,25 @@ def same_rows(a: pl.DataFrame, b: pl.DataFrame, *, tol: float | None = None) -> 
     except AssertionError:
         return False
     return True
+
+
+class StopAfter(sl.sinks.CollectSink):
+    """A collect sink that stops its flow (cleanly) once it holds ``n`` batches:
+    the way tests interrupt a job at a chosen point and then resume it."""
+
+    def __init__(self, flow: sl.Flow, n: int) -> None:
+        super().__init__()
+        self.flow = flow
+        self.n = n
+
+    def create_writer(self, subtask: int, parallelism: int) -> Any:
+        w = super().create_writer(subtask, parallelism)
+        orig = w.write
+
+        def write(batch: pl.DataFrame) -> None:
+            orig(batch)
+            if len(self.batches) >= self.n:
+                self.flow.stop()
+
+        w.write = write  # type: ignore[method-assign]
+        return w

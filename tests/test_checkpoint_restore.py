@@ -9,31 +9,9 @@ import pytest
 
 import sluice as sl
 from sluice.runtime.checkpoint import CheckpointStorage
-from tests.helpers import same_rows
+from tests.helpers import StopAfter, same_rows
 
 ROWS = [{"k": i % 7, "ts": i * 37, "v": i} for i in range(6000)]
-
-
-class StopAfter(sl.sinks.CollectSink):
-    """Collects, and stops the flow after ``n`` batches (a clean stop)."""
-
-    def __init__(self, flow: sl.Flow, n: int) -> None:
-        super().__init__()
-        self.flow = flow
-        self.n = n
-
-    def create_writer(self, subtask, parallelism):
-        w = super().create_writer(subtask, parallelism)
-        parent = self
-        orig = w.write
-
-        def write(batch):
-            orig(batch)
-            if len(parent.batches) >= parent.n:
-                parent.flow.stop()
-
-        w.write = write  # type: ignore[method-assign]
-        return w
 
 
 def _build(flow: sl.Flow, sink: sl.sinks.CollectSink, kind: str) -> None:

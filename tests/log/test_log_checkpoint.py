@@ -7,7 +7,7 @@ import polars as pl
 
 import sluice as sl
 from sluice.log import Log
-from tests.helpers import same_rows
+from tests.helpers import StopAfter, same_rows
 
 
 def _produce(data_dir, n: int = 4000) -> None:
@@ -22,24 +22,6 @@ def _produce(data_dir, n: int = 4000) -> None:
     )
     with log.producer() as p:
         p.send_batch("clicks", df, key="user")
-
-
-class _StopAfter(sl.sinks.CollectSink):
-    def __init__(self, flow: sl.Flow, n: int) -> None:
-        super().__init__()
-        self.flow, self.n = flow, n
-
-    def create_writer(self, subtask, parallelism):
-        w = super().create_writer(subtask, parallelism)
-        orig = w.write
-
-        def write(batch):
-            orig(batch)
-            if len(self.batches) >= self.n:
-                self.flow.stop()
-
-        w.write = write  # type: ignore[method-assign]
-        return w
 
 
 def _build(flow: sl.Flow, data_dir, sink) -> None:
@@ -69,7 +51,7 @@ def test_log_source_resumes_from_checkpointed_offsets(tmp_path):
     parts = []
     for _ in range(100):
         f = sl.Flow("j")
-        sink = _StopAfter(f, 2)
+        sink = StopAfter(f, 2)
         _build(f, tmp_path / "data", sink)
         res = f.run(parallelism=2, checkpoint_dir=tmp_path / "ckpt")
         parts.append(sink.to_polars())
