@@ -144,3 +144,24 @@ def test_changed_program_is_a_clear_error(tmp_path):
     g.source(sl.sources.memory(ROWS), time="ts").sink(sl.sinks.collect())
     with pytest.raises(sl.SluiceError, match="does not have"):
         g.run(checkpoint_dir=tmp_path)
+
+
+def test_the_job_states_its_guarantee_at_start(tmp_path, caplog):
+    f = sl.Flow("g")
+    f.source(sl.sources.memory(ROWS), time="ts").sink(sl.sinks.collect())
+    with caplog.at_level("WARNING", logger="sluice"):
+        res = f.run(checkpoint_dir=tmp_path / "a")
+    assert res.guarantee == "at-least-once"
+    assert "at-least-once" in caplog.text and "two-phase commit" in caplog.text
+
+    caplog.clear()
+    g = sl.Flow("g")
+    g.source(iter(ROWS), time="ts").sink(sl.sinks.jsonl(str(tmp_path / "out")))
+    with caplog.at_level("WARNING", logger="sluice"):
+        res = g.run(checkpoint_dir=tmp_path / "b")
+    assert res.guarantee == "at-most-once" and "not replayable" in caplog.text
+
+    h = sl.Flow("g")
+    h.source(sl.sources.memory(ROWS), time="ts").sink(sl.sinks.jsonl(str(tmp_path / "out2")))
+    assert h.run(checkpoint_dir=tmp_path / "c").guarantee == "exactly-once"
+    assert h.run().guarantee == "none"

@@ -261,10 +261,13 @@ class LocalRuntime:
     def guarantee(self) -> str:
         if self.checkpointing is None:
             return "none"
+        # `is not None`: a sink may define __len__ (collect) and be falsy
         replayable = all(
-            pn.node.source.source.replayable for pn in self.plan.nodes if pn.node.source
+            pn.node.source.source.replayable for pn in self.plan.nodes if pn.node.source is not None
         )
-        eo_sinks = all(pn.node.sink.exactly_once for pn in self.plan.nodes if pn.node.sink)
+        eo_sinks = all(
+            pn.node.sink.exactly_once for pn in self.plan.nodes if pn.node.sink is not None
+        )
         if replayable and eo_sinks:
             return "exactly-once"
         return "at-least-once" if replayable else "at-most-once"
