@@ -173,3 +173,63 @@ def test_archive_to_parquet_stays_readable_by_offset_and_time(log: Log) -> None:
     arch = pl.read_parquet(files[0][2])  # plain Parquet for any tool
     assert arch.columns[:4] == ["offset", "timestamp", "key", "value"]
     assert os.path.getsize(files[0][2]) > 0
+
+
+retention_ops = st.lists(
+    st.one_of(
+        # append records aged 0..4 days (retention is 2 days)
+        st.tuples(st.just("append"), st.lists(st.integers(0, 4), min_size=1, max_size=30)),
+        st.tuples(st.just("roll"), st.none()),
+        st.tuples(st.just("maintain"), st.none()),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=retention_ops)
+def test_time_retention_matches_a_model(tmp_path_factory, ops) -> None:
+    """Kafka's rule: the oldest segments whose newest record is older than the
+    retention are deleted, as a prefix; offsets are never renumbered."""
+    log = Log(tmp_path_factory.mktemp("retmodel") / "data")
+    log.create_topic("t", retention="2d", segment_bytes="4KiB")
+    part = log.partition("t", 0)
+    now = now_ms()
+    cutoff = now - 2 * DAY
+    records: list[tuple[int, int]] = []  # the model: (offset, timestamp) still in the log
+    nxt = 0
+    for op, arg in ops:
+        if op == "append":
+            rows = [
+                (None, f"v{nxt + i}" + "." * 40, now - age * DAY - 1) for i, age in enumerate(arg)
+            ]
+            _send(log, "t", rows)
+            records += [(nxt + i, ts) for i, (_, _, ts) in enumerate(rows)]
+            nxt += len(rows)
+        elif op == "roll":
+            part.roll()
+        else:
+            bases = list_segments(part.dir)
+            # segments as the log cut them (the active one goes too when all expired)
+            bounds = [*bases[1:], nxt]
+            segs = []
+            for b, end in zip(bases, bounds, strict=True):
+                recs = [r for r in records if b <= r[0] < end]
+                if recs:
+                    segs.append((end, max(ts for _, ts in recs)))
+            gone_below = None
+            for end, newest in segs:
+                if newest < cutoff:
+                    gone_below = end
+                else:
+                    break
+            maintain_partition(log, part, now=now)
+            if gone_below is not None:
+                records = [r for r in records if r[0] >= gone_below]
+        df = read_all(log, "t")
+        assert df["offset"].to_list() == [o for o, _ in records]
+        assert part.high_watermark() == nxt
+    log.close()
