@@ -9,6 +9,12 @@ middle of an append (its process was killed), the torn bytes after the last
 published batch are cut off before anything else is written. Only whole,
 checksummed batches below the published high watermark are ever read.
 
+:meth:`Partition.append_once` is the idempotent append of the exactly-once
+log sink: under the same lock it first counts, from the batch headers after a
+given offset, the records a producer id and sequence already have in the
+partition, and appends only the missing ones (see
+:mod:`sluice.log.transactions`).
+
 Recovery (:meth:`Partition.recover`) runs when the head cannot be trusted (the
 machine rebooted since it was written, it is missing or half written): every
 segment from the recovery point on is re-read, checksums verified, the first
@@ -32,11 +38,13 @@ from dataclasses import dataclass, field
 
 from sluice.log.config import TopicConfig, fsync_dir
 from sluice.log.errors import LogError, LogFullError
-from sluice.log.format import PreparedBatch, check_crc
+from sluice.log.format import HEADER_SIZE, BatchHeader, PreparedBatch, check_crc, parse_header
 from sluice.log.index import (
     OFFSET_ENTRY,
     TIME_ENTRY,
+    load_offset_index,
     load_time_index,
+    lookup_position,
     pack_offset_entry,
     pack_time_entry,
     write_index_files,
@@ -419,38 +427,130 @@ class Partition:
         if not batches:
             st = self.state()
             return st.next_offset, st.next_offset
-        rolled = False
         with self._locked():
             st = self._sync()
-            first = st.next_offset
-            seg_bytes = self.config.segment_bytes
-            if st.active_end > 0 and now_ms() - st.active_created_ms >= self.config.segment_ms:
-                st = self._roll(st)
-                rolled = True
-            i = 0
-            while i < len(batches):
-                # the batches that fit in the active segment (at least one)
-                j, size = i, st.active_end
-                span = st.next_offset - st.active_base
-                while j < len(batches):
-                    b = batches[j]
-                    if (
-                        size + b.size > seg_bytes or span + b.last_offset_delta >= _MAX_SEGMENT_SPAN
-                    ) and (size > 0):
-                        break
-                    size += b.size
-                    span += b.last_offset_delta + 1
-                    j += 1
-                if j == i:
-                    st = self._roll(st)
-                    rolled = True
-                    continue
-                st = self._write(st, batches[i:j], fsync)
-                i = j
-            last = st.next_offset
+            first, last, rolled = self._append_locked(st, batches, fsync)
         if rolled and self.on_roll is not None:
             self.on_roll(self)
         return first, last
+
+    def append_once(
+        self,
+        make: Callable[[int], Sequence[PreparedBatch]],
+        *,
+        producer_id: int,
+        sequence: int,
+        since: int,
+        count: int,
+        fsync: bool = True,
+    ) -> tuple[int, int]:
+        """Idempotent append of ``count`` records of producer ``producer_id`` with
+        sequence ``sequence`` (the exactly-once log sink's commit).
+
+        Under the writer lock, the batch headers from offset ``since`` to the end
+        are scanned for batches of that producer and sequence (see
+        :meth:`producer_records`); if they hold ``present`` records, ``make(present)``
+        is called for the batches of the records still missing (the ``count -
+        present`` last ones, which must carry the same producer id and sequence)
+        and they are appended. So an append repeated after a crash, even one cut
+        short at a segment roll, ends with each record in the log once. Returns
+        ``(present, appended)`` record counts.
+        """
+        rolled = False
+        with self._locked():
+            st = self._sync()
+            present = self._producer_records(st, producer_id, sequence, since)
+            if present and fsync and self._log_fd is not None:
+                # appended by an earlier attempt that may have died before its fsync
+                os.fdatasync(self._log_fd)
+            if present >= count:
+                return present, 0
+            batches = make(present)
+            first, last, rolled = (
+                self._append_locked(st, batches, fsync) if batches else (0, 0, False)
+            )
+        if rolled and self.on_roll is not None:
+            self.on_roll(self)
+        return present, last - first
+
+    def producer_records(self, producer_id: int, sequence: int, since: int = 0) -> int:
+        """How many records the batches of producer ``producer_id`` with base sequence
+        ``sequence`` and base offset ``>= since`` hold, from the batch headers.
+
+        Each batch counts ``last offset delta + 1`` records, which compaction keeps
+        when it removes records from a batch. Batches below the first local
+        segment (archived, or deleted by retention) are not seen.
+        """
+        with self._locked():
+            return self._producer_records(self._sync(), producer_id, sequence, since)
+
+    def _producer_records(self, st: HeadState, producer_id: int, sequence: int, since: int) -> int:
+        if since >= st.next_offset:
+            return 0
+        bases = list_segments(self.dir)
+        first = max(0, bisect.bisect_right(bases, since) - 1)
+        total = 0
+        for base in bases[first:]:
+            if base > st.active_base:
+                break
+            try:
+                fd = os.open(self.segment_file(base), os.O_RDONLY)
+            except FileNotFoundError:  # deleted by retention meanwhile
+                continue
+            try:
+                end = st.active_end if base == st.active_base else os.fstat(fd).st_size
+                pos = 0
+                if since > base:
+                    rel, pos = lookup_position(
+                        load_offset_index(self.segment_file(base, ".index")), since - base
+                    )
+                    if pos:
+                        h = parse_header(os.pread(fd, HEADER_SIZE, pos))
+                        if h is None or h.base_offset != base + rel:
+                            pos = 0  # a stale index (the segment was rewritten): scan
+                for h in iter_headers(fd, pos, end):
+                    if (
+                        h.producer_id == producer_id
+                        and h.base_sequence == sequence
+                        and h.base_offset >= since
+                    ):
+                        total += h.last_offset_delta + 1
+            finally:
+                os.close(fd)
+        return total
+
+    def _append_locked(
+        self, st: HeadState, batches: Sequence[PreparedBatch], fsync: bool
+    ) -> tuple[int, int, bool]:
+        """Under the lock, after :meth:`_sync`: write ``batches``, rolling segments as
+        needed. Returns ``(first offset, next offset, whether a segment rolled)``."""
+        rolled = False
+        first = st.next_offset
+        seg_bytes = self.config.segment_bytes
+        if st.active_end > 0 and now_ms() - st.active_created_ms >= self.config.segment_ms:
+            st = self._roll(st)
+            rolled = True
+        i = 0
+        while i < len(batches):
+            # the batches that fit in the active segment (at least one)
+            j, size = i, st.active_end
+            span = st.next_offset - st.active_base
+            while j < len(batches):
+                b = batches[j]
+                if (
+                    size + b.size > seg_bytes or span + b.last_offset_delta >= _MAX_SEGMENT_SPAN
+                ) and (size > 0):
+                    break
+                size += b.size
+                span += b.last_offset_delta + 1
+                j += 1
+            if j == i:
+                st = self._roll(st)
+                rolled = True
+                continue
+            st = self._write(st, batches[i:j], fsync)
+            i = j
+        return first, st.next_offset, rolled
 
     def _write(self, st: HeadState, batches: Sequence[PreparedBatch], fsync: bool) -> HeadState:
         assert self._log_fd is not None and self._idx_fd is not None and self._tidx_fd is not None
@@ -586,6 +686,25 @@ class Partition:
                 self._head = None
 
 
+def iter_headers(fd: int, pos: int, end: int, chunk: int = 1 << 16) -> Iterator[BatchHeader]:
+    """The batch headers of a segment file from byte ``pos`` (a batch start) to
+    ``end``, read a chunk at a time without reading payloads (no checksum check:
+    only published batches are walked). Stops at the first implausible header."""
+    buf = b""
+    bstart = pos
+    while pos + HEADER_SIZE <= end:
+        if pos < bstart or pos + HEADER_SIZE > bstart + len(buf):
+            buf = os.pread(fd, max(HEADER_SIZE, min(chunk, end - pos)), pos)
+            bstart = pos
+            if len(buf) < HEADER_SIZE:
+                return
+        h = parse_header(buf, pos - bstart)
+        if h is None:
+            return
+        yield h
+        pos += h.length
+
+
 def _pwrite_all(fd: int, bufs: list[object], pos: int) -> None:
     """``pwritev`` every buffer at ``pos``, resuming after partial writes."""
     views = [memoryview(b).cast("B") for b in bufs]  # type: ignore[arg-type]
@@ -602,4 +721,4 @@ def _pwrite_all(fd: int, bufs: list[object], pos: int) -> None:
             views[i] = views[i][n:]
 
 
-__all__ = ["Partition", "SegmentScan", "now_ms", "scan_segment"]
+__all__ = ["Partition", "SegmentScan", "iter_headers", "now_ms", "scan_segment"]

@@ -26,9 +26,11 @@ with one system call and published together, so a reader sees all of them or
 none; on a full disk they are removed again and :class:`LogFullError` is raised.
 
 Each producer has a random producer id, and each batch carries it with a
-per-partition sequence number (Kafka's idempotent-producer fields). They are
-recorded now; a later exactly-once sink uses them to drop duplicates after a
-retry, without a change of the on-disk format.
+per-partition sequence number (Kafka's idempotent-producer fields).
+:meth:`Producer.encode` checks and routes records like ``send_batch`` without
+appending them: the exactly-once log sink stages them so, and appends them at
+its commit with its own producer id and the checkpoint id as sequence, once
+(:mod:`sluice.log.transactions`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sluice.errors import ConfigError
 from sluice.log.errors import InvalidRecordError, LogError, RecordTooLargeError
@@ -264,12 +267,84 @@ class Producer:
         column of epoch milliseconds or datetimes; none: now. ``partition``: write
         all rows to this partition instead of partitioning by key.
         """
+        cols = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
+        if cols is None:
+            return BatchMetadata(topic, {})
+        keys, values, ts, checked = cols
+        return self._send_columns(
+            topic,
+            keys=keys,
+            values=values,
+            timestamps=ts,
+            partition=partition,
+            schema_checked=checked,
+        )
+
+    def encode(
+        self,
+        topic: str,
+        data: pl.DataFrame | pa.Table | pa.RecordBatch,
+        *,
+        key: str | None = None,
+        value: str | None = None,
+        timestamp: str | None = None,
+        partition: int | None = None,
+    ) -> pa.Table | None:
+        """The records :meth:`send_batch` would append, without appending them: a
+        table of ``partition`` (int32), ``timestamp`` (int64, ms), ``key`` and
+        ``value`` (large_binary), in input order, checked as ``send_batch``
+        checks them (so it raises the same errors), or ``None`` for no rows.
+        :func:`sluice.log.transactions.commit_staged` appends such records
+        later, once (the exactly-once log sink stages records this way).
+
+        >>> import tempfile
+        >>> import polars as pl
+        >>> from sluice.log import Log
+        >>> log = Log(tempfile.mkdtemp())
+        >>> log.create_topic("t", partitions=2)
+        >>> with log.producer() as p:
+        ...     t = p.encode("t", pl.DataFrame({"k": ["a", "b"], "n": [1, 2]}), key="k")
+        >>> t.column_names, t.column("value").to_pylist(), log.offsets("t", 0)
+        (['partition', 'timestamp', 'key', 'value'], [b'{"k":"a","n":1}', b'{"k":"b","n":2}'], (0, 0))
+        """
+        cols = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
+        if cols is None:
+            return None
+        keys, values, ts, checked = cols
+        _, pids, _ = self._route(
+            topic,
+            keys=keys,
+            values=values,
+            partition=partition,
+            headers=None,
+            schema_checked=checked,
+        )
+        return pa.table(
+            {
+                "partition": pa.array(pids.astype(np.int32, copy=False)),
+                "timestamp": pa.array(np.asarray(ts, np.int64)),
+                "key": pc.cast(keys, pa.large_binary()),
+                "value": pc.cast(values, pa.large_binary()),
+            }
+        )
+
+    def _columns(
+        self,
+        topic: str,
+        data: pl.DataFrame | pa.Table | pa.RecordBatch,
+        *,
+        key: str | None,
+        value: str | None,
+        timestamp: str | None,
+    ) -> tuple[pa.Array, pa.Array, np.ndarray, bool] | None:
+        """Keys, values and timestamps of ``data`` as columns (``None``: no rows),
+        and whether the values were checked against the topic's schema."""
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         columns = data.columns if isinstance(data, pl.DataFrame) else data.column_names
         height = data.height if isinstance(data, pl.DataFrame) else data.num_rows
         if height == 0:
-            return BatchMetadata(topic, {})
+            return None
         for col in (key, value, timestamp):
             if col is not None and col not in columns:
                 raise ConfigError(
@@ -302,14 +377,7 @@ class Producer:
             if tcol.null_count():
                 raise ConfigError(f"send_batch: timestamp column {timestamp!r} has nulls")
             ts = tcol.cast(pl.Int64).to_numpy()
-        return self._send_columns(
-            topic,
-            keys=keys,
-            values=values,
-            timestamps=ts,
-            partition=partition,
-            schema_checked=value is None,
-        )
+        return keys, values, ts, value is None
 
     def _send_columns(
         self,
@@ -322,45 +390,15 @@ class Producer:
         headers: list[Any] | None = None,
         schema_checked: bool = False,
     ) -> BatchMetadata:
-        if self._closed:
-            raise LogError("the producer is closed")
-        cfg = self.log.config(topic)
-        len(values)
-        # -- validate everything before writing anything --------------------------------
-        if partition is not None:
-            self.log.partition(topic, partition)  # raises PartitionNotFoundError
-        klen, _ = binary_parts(keys)
-        vlen, _ = binary_parts(values)
-        sizes = np.maximum(klen, 0).astype(np.int64) + np.maximum(vlen, 0)
-        if headers is not None:
-            sizes = sizes + np.array([len(json.dumps(h, default=str)) if h else 0 for h in headers])
-        too_big = np.flatnonzero(sizes > cfg.max_record_bytes)
-        if len(too_big):
-            i = int(too_big[0])
-            raise RecordTooLargeError(
-                f"record {i} for topic {topic!r} is {int(sizes[i])} bytes, more than the topic's "
-                f"max_record_bytes ({cfg.max_record_bytes}); nothing was written. Raise it with "
-                f"`sluice topic alter {topic} --max-record-bytes ...`"
-            )
-        if cfg.compact and keys.null_count:
-            i = int(np.flatnonzero(klen < 0)[0])
-            raise InvalidRecordError(
-                f"record {i} has no key, but topic {topic!r} is compacted (records are kept "
-                "per key); nothing was written"
-            )
-        if cfg.schema and not schema_checked:
-            check_values(values, cfg.schema, topic)
-        # -- route to partitions --------------------------------------------------------
-        groups: dict[int, np.ndarray | None]
-        if partition is not None:
-            groups = {partition: None}
-        else:
-            pids = partition_for(keys, cfg.partitions)
-            if keys.null_count:
-                sticky = self._sticky.get(topic, random.randrange(cfg.partitions))
-                self._sticky[topic] = (sticky + 1) % cfg.partitions
-                pids[klen < 0] = sticky % cfg.partitions
-            groups = _group(pids)
+        cfg, pids, sizes = self._route(
+            topic,
+            keys=keys,
+            values=values,
+            partition=partition,
+            headers=headers,
+            schema_checked=schema_checked,
+        )
+        groups = _group(pids)
         codec = codec_id(self.compression or cfg.compression)
         plans: list[tuple[Partition, list[PreparedBatch]]] = []
         for p, idx in groups.items():
@@ -381,6 +419,53 @@ class Producer:
             self._mark_dirty(part)
         return BatchMetadata(topic, ranges)
 
+    def _route(
+        self,
+        topic: str,
+        *,
+        keys: pa.Array,
+        values: pa.Array,
+        partition: int | None,
+        headers: list[Any] | None,
+        schema_checked: bool,
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Check records before anything is written; return the topic's config, each
+        record's partition and each record's size."""
+        if self._closed:
+            raise LogError("the producer is closed")
+        cfg = self.log.config(topic)
+        if partition is not None:
+            self.log.partition(topic, partition)  # raises PartitionNotFoundError
+        klen, _ = binary_parts(keys)
+        vlen, _ = binary_parts(values)
+        sizes = record_sizes(klen, vlen)
+        if headers is not None:
+            sizes = sizes + np.array([len(json.dumps(h, default=str)) if h else 0 for h in headers])
+        too_big = np.flatnonzero(sizes > cfg.max_record_bytes)
+        if len(too_big):
+            i = int(too_big[0])
+            raise RecordTooLargeError(
+                f"record {i} for topic {topic!r} is {int(sizes[i])} bytes, more than the topic's "
+                f"max_record_bytes ({cfg.max_record_bytes}); nothing was written. Raise it with "
+                f"`sluice topic alter {topic} --max-record-bytes ...`"
+            )
+        if cfg.compact and keys.null_count:
+            i = int(np.flatnonzero(klen < 0)[0])
+            raise InvalidRecordError(
+                f"record {i} has no key, but topic {topic!r} is compacted (records are kept "
+                "per key); nothing was written"
+            )
+        if cfg.schema and not schema_checked:
+            check_values(values, cfg.schema, topic)
+        if partition is not None:
+            return cfg, np.full(len(values), partition, np.int64), sizes
+        pids = partition_for(keys, cfg.partitions)
+        if keys.null_count:
+            sticky = self._sticky.get(topic, random.randrange(cfg.partitions))
+            self._sticky[topic] = (sticky + 1) % cfg.partitions
+            pids[klen < 0] = sticky % cfg.partitions
+        return cfg, pids, sizes
+
     def _mark_dirty(self, part: Partition) -> None:
         if self.fsync == "interval":
             with self._lock:
@@ -399,14 +484,7 @@ class Producer:
         sizes: np.ndarray,
         codec: int,
     ) -> list[PreparedBatch]:
-        n = len(values)
-        # cut into batches of about batch_bytes (per-record overhead counted as 8 bytes)
-        cum = np.cumsum(sizes + 8)
-        cuts = [0]
-        while cuts[-1] < n:
-            start = int(cum[cuts[-1] - 1]) if cuts[-1] else 0
-            nxt = int(np.searchsorted(cum, start + self.batch_bytes, side="right"))
-            cuts.append(min(n, max(nxt, cuts[-1] + 1)))
+        cuts = batch_cuts(sizes, self.batch_bytes)
         out = []
         seq_key = (topic, p)
         seq = self._sequences.get(seq_key, 0)
@@ -466,6 +544,25 @@ class Producer:
             self._flusher.join()
         if self.fsync == "interval":
             self._flush_dirty()
+
+
+def record_sizes(klen: np.ndarray, vlen: np.ndarray) -> np.ndarray:
+    """Bytes of each record's key and value (as ``max_record_bytes`` counts them)."""
+    return np.maximum(klen, 0).astype(np.int64) + np.maximum(vlen, 0)
+
+
+def batch_cuts(sizes: np.ndarray, batch_bytes: int) -> list[int]:
+    """Where to cut records of ``sizes`` bytes into batches of about ``batch_bytes``
+    (per-record overhead counted as 8 bytes): ``[0, ..., n]``, at least one record
+    per batch."""
+    n = len(sizes)
+    cum = np.cumsum(sizes + 8)
+    cuts = [0]
+    while cuts[-1] < n:
+        start = int(cum[cuts[-1] - 1]) if cuts[-1] else 0
+        nxt = int(np.searchsorted(cum, start + batch_bytes, side="right"))
+        cuts.append(min(n, max(nxt, cuts[-1] + 1)))
+    return cuts
 
 
 def _group(pids: np.ndarray) -> dict[int, np.ndarray | None]:
