@@ -147,3 +147,19 @@ def test_dedup_matches_reference_on_random_data():
         parallelism=2,
     )
     assert sorted(got.rows()) == sorted(want)
+
+
+def test_each_subtask_gets_its_own_function_instance():
+    class Counter(sl.KeyedProcessFunction):
+        def open(self, ctx):
+            self.seen = 0  # per-subtask attribute
+
+        def process_element(self, row, ctx):
+            self.seen += 1
+            yield {"k": row["k"], "seen_by_this_subtask": self.seen}
+
+    rows = [{"k": i % 8} for i in range(80)]
+    got = run_collect(lambda f: f.source(rows).key_by("k").process(Counter()), parallelism=4)
+    # with a shared instance the counters of all subtasks would add up to 80
+    assert got["seen_by_this_subtask"].max() < 80
+    assert got.height == 80

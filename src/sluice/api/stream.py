@@ -7,6 +7,7 @@ Expressions are Polars expressions and run vectorized on whole batches;
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -238,7 +239,8 @@ class KeyedStream:
         nm = name
         node = self.stream._then(
             nm,
-            lambda i, n: ProcessOperator(nm, keys, fn),
+            # each subtask gets its own copy: functions may keep handles on self
+            lambda i, n: ProcessOperator(nm, keys, copy.deepcopy(fn)),
             exchange="hash",
             keys=keys,
         )

@@ -382,6 +382,11 @@ class LocalRuntime:
                     time.sleep(wait)
         except KeyboardInterrupt:
             stopped = True
+        except BaseException:
+            # a failed job: release files, threads and state directories; no
+            # final checkpoint (the next run resumes from the last good one)
+            self._shutdown()
+            raise
         if self.checkpointing is not None:
             # a final checkpoint: commits the sinks (end of input, or a clean stop
             # from which the next run resumes)
