@@ -10,6 +10,7 @@ firings always precede the watermark downstream.
 from __future__ import annotations
 
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,23 +22,23 @@ from sluice.runtime.messages import MIN_TIME, Barrier
 from sluice.state.snapshot import Snapshot
 
 
-class Target:
+class Target(ABC):
     """Something an output pushes into: a chained operator or an exchange."""
 
-    def push_batch(self, batch: pl.DataFrame) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def push_batch(self, batch: pl.DataFrame) -> None: ...
 
-    def push_watermark(self, time: int) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def push_watermark(self, time: int) -> None: ...
 
-    def push_idle(self, idle: bool) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def push_idle(self, idle: bool) -> None: ...
 
-    def push_end(self) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def push_end(self) -> None: ...
 
-    def push_barrier(self, barrier: Barrier) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def push_barrier(self, barrier: Barrier) -> None: ...
 
 
 class Output:
@@ -137,11 +138,11 @@ class TimerService:
         return fired
 
 
-class SnapshotSink:
+class SnapshotSink(ABC):
     """Receives the state of each operator subtask at a checkpoint barrier."""
 
-    def ack(self, checkpoint_id: int, op: Operator, snapshot: Snapshot) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+    @abstractmethod
+    def ack(self, checkpoint_id: int, op: Operator, snapshot: Snapshot) -> None: ...
 
 
 @dataclass
@@ -189,8 +190,9 @@ class Operator(Target):
         """Release resources (called on normal end and on stop)."""
 
     # -- data path -------------------------------------------------------------
+    @abstractmethod
     def process_batch(self, batch: pl.DataFrame) -> None:
-        raise NotImplementedError  # pragma: no cover - interface
+        """React to one batch of rows (emit results with :meth:`emit`)."""
 
     def on_watermark(self, time: int) -> None:
         """React to a new watermark (fire windows, timers) before it is forwarded."""

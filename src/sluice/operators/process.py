@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -129,7 +130,7 @@ class ProcessContext:
         self._op.backend.timers("processing").delete(int(time), self.key)
 
 
-class KeyedProcessFunction:
+class KeyedProcessFunction(ABC):
     """Subclass and override :meth:`process_element` (and :meth:`on_timer`).
 
     Both return (or yield) output rows as dicts; outputs carry the event time of
@@ -147,13 +148,14 @@ class KeyedProcessFunction:
     [1, 3]
     """
 
-    def open(self, ctx: ProcessContext) -> None:
+    def open(self, ctx: ProcessContext) -> None:  # noqa: B027 - optional hook
         """Called once per subtask before the first element."""
 
+    @abstractmethod
     def process_element(
         self, row: dict[str, Any], ctx: ProcessContext
     ) -> Iterable[dict[str, Any]] | None:
-        raise NotImplementedError("override process_element")
+        """Handle one row of the current key; return or yield output rows."""
 
     def on_timer(self, timestamp: int, ctx: ProcessContext) -> Iterable[dict[str, Any]] | None:
         """Called when a registered timer fires, with ``ctx.key`` set."""
