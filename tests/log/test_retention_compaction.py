@@ -233,3 +233,21 @@ def test_time_retention_matches_a_model(tmp_path_factory, ops) -> None:
         assert df["offset"].to_list() == [o for o, _ in records]
         assert part.high_watermark() == nxt
     log.close()
+
+
+def test_background_maintenance_applies_retention_without_new_writes(tmp_path) -> None:
+    """Like Kafka's periodic retention check: a topic nobody writes to any more
+    still loses its expired segments."""
+    import time
+
+    log = Log(tmp_path / "data", maintenance_interval="50ms")
+    try:
+        log.create_topic("t", retention="1h", segment_bytes="4KiB")
+        _send(log, "t", [(None, "old" * 30, now_ms() - 2 * DAY)] * 50)
+        assert log.offsets("t", 0)[0] == 0
+        deadline = time.monotonic() + 5
+        while log.offsets("t", 0)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.offsets("t", 0) == (50, 50)
+    finally:
+        log.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -30,6 +31,9 @@ from sluice.log.errors import PartitionNotFoundError, TopicExistsError, TopicNot
 from sluice.log.format import HEADER_SIZE, parse_header
 from sluice.log.partition import Partition
 from sluice.log.segment import list_segments
+from sluice.time.durations import Duration, parse_duration
+
+_logger = logging.getLogger("sluice.log")
 
 #: Used when neither ``data_dir`` nor ``SLUICE_HOME`` is given.
 DEFAULT_HOME = os.path.join("~", ".sluice")
@@ -58,13 +62,33 @@ class Log:
     [b'{"id": 1}']
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        maintenance_interval: Duration | None = None,
+    ) -> None:
         self.data_dir = resolve_data_dir(data_dir)
+        self._maintainer: threading.Thread | None = None
+        self._stop_maintainer = threading.Event()
         os.makedirs(os.path.join(self.data_dir, "topics"), exist_ok=True)
         os.makedirs(os.path.join(self.data_dir, "groups"), exist_ok=True)
         self._lock = threading.RLock()
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._configs: dict[str, tuple[float, int, TopicConfig]] = {}
+        if maintenance_interval is not None:
+            # Kafka's log.retention.check.interval.ms: retention, compaction and
+            # archiving also run when no segment rolls (a topic nobody writes to)
+            every = parse_duration(
+                maintenance_interval, what="maintenance interval", allow_zero=False
+            )
+            self._maintainer = threading.Thread(
+                target=self._maintain_every,
+                args=(every / 1000,),
+                name="sluice-log-maintenance",
+                daemon=True,
+            )
+            self._maintainer.start()
 
     def __repr__(self) -> str:
         return f"Log({self.data_dir!r})"
@@ -299,7 +323,17 @@ class Log:
             done[t] = [maintain_partition(self, p) for p in self.partitions(t)]
         return done
 
+    def _maintain_every(self, seconds: float) -> None:
+        while not self._stop_maintainer.wait(seconds):
+            try:
+                self.maintain()
+            except Exception:  # keep the schedule; the next round retries
+                _logger.exception("background maintenance of %s failed", self.data_dir)
+
     def close(self) -> None:
+        self._stop_maintainer.set()
+        if self._maintainer is not None and self._maintainer is not threading.current_thread():
+            self._maintainer.join()
         with self._lock:
             for part in self._partitions.values():
                 part.close()
