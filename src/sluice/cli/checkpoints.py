@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sluice.cli.console import console, handle_errors
+from sluice.cli.summary import human_size
 from sluice.errors import SluiceError
 from sluice.runtime.checkpoint import CheckpointStorage
 
@@ -21,15 +22,6 @@ checkpoints_app = typer.Typer(
     name="checkpoints", help="Inspect checkpoint directories.", no_args_is_help=True
 )
 DIR_ARG = typer.Argument(help="The job's checkpoint directory (--checkpoint-dir).")
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if f < 1024 or unit == "GB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 @checkpoints_app.command("ls")
@@ -54,7 +46,7 @@ def ls(directory: Annotated[Path, DIR_ARG]) -> None:
                 for node, splits in i.sources.items()
                 for sid, p in splits.items()
             )
-            table.add_row(str(i.checkpoint_id), when, _size(i.size_bytes), kind, pos or "-")
+            table.add_row(str(i.checkpoint_id), when, human_size(i.size_bytes), kind, pos or "-")
         console.print(table)
 
 

@@ -110,7 +110,9 @@ def outputs_table(outputs: list[Output]) -> Table:
     table.add_column("files", justify="right")
     table.add_column("size", justify="right")
     for o in outputs:
-        table.add_row(o.name, str(o.path), f"{o.rows:,}", str(len(o.files)), _human(o.size_bytes()))
+        table.add_row(
+            o.name, str(o.path), f"{o.rows:,}", str(len(o.files)), human_size(o.size_bytes())
+        )
     return table
 
 
@@ -160,7 +162,8 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
+    """Bytes as a short human-readable size (``'7.8 MB'``)."""
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
