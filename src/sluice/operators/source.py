@@ -164,6 +164,10 @@ class SourceOperator(Operator):
         ]
         if not active:
             if not self._idle_sent:
+                # all splits idle: flush the largest split watermark first (Flink)
+                marks = [sp.wm.watermark for sp in self._splits if not sp.reader.finished]
+                if self._event_time and marks and max(marks) > self.watermark:
+                    self.push_watermark(max(marks))
                 self._idle_sent = True
                 self.output.idle(True)
                 return True

@@ -113,6 +113,13 @@ class InputGate:
         ]
         if not live:
             if not all(self.ended) and not self._idle_sent:
+                # as Flink's StatusWatermarkValve: when the last live channel goes
+                # idle, flush the largest watermark before going idle, so what
+                # that channel's watermark allowed does fire
+                mx = max(w for w, e in zip(self.wm, self.ended, strict=True) if not e)
+                if mx > self.current:
+                    self.current = mx
+                    self.head.push_watermark(mx)
                 self._idle_sent = True
                 self.head.push_idle(True)
             return
