@@ -20,6 +20,7 @@ processing clock, or for event-time TTL the watermark.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -54,7 +55,7 @@ class StateClock:
         return self.now(time)
 
 
-class _State:
+class _State(ABC):
     """What the three kinds share: a name, an optional TTL and a clock."""
 
     kind = "state"
@@ -116,8 +117,9 @@ class _State:
         return self._table.sweep(budget, self.expired_at(self.now()))
 
     @property
+    @abstractmethod
     def _table(self) -> Any:
-        raise NotImplementedError  # pragma: no cover - interface
+        """The backend table holding this state's cells."""
 
     def describe(self) -> str:
         return f"{self.kind}({'no ttl' if self.ttl is None else self.ttl.describe()})"
