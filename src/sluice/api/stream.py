@@ -72,6 +72,38 @@ class Stream:
             }
         )
 
+    def _two_input(
+        self,
+        other: Stream,
+        name: str,
+        factory: Callable[[int, int], Operator],
+        left_keys: Sequence[str],
+        right_keys: Sequence[str],
+    ) -> Stream:
+        """A node with two inputs (this stream is side 0, ``other`` side 1), each
+        hash-partitioned by its own key columns so equal keys meet in one
+        subtask. With no keys both sides go to a single subtask."""
+        if other.flow is not self.flow:
+            raise ConfigError(f"{name}: both streams must belong to the same Flow")
+        if len(left_keys) != len(right_keys):
+            raise ConfigError(
+                f"{name}: {len(left_keys)} key column(s) on the left "
+                f"({list(left_keys)}) but {len(right_keys)} on the right ({list(right_keys)})"
+            )
+        if left_keys:
+            edges = [
+                Edge(self.node, self.tag, "hash", tuple(left_keys)),
+                Edge(other.node, other.tag, "hash", tuple(right_keys)),
+            ]
+            node = self._then(name, factory, inputs=edges)
+        else:
+            edges = [
+                Edge(self.node, self.tag, "rebalance"),
+                Edge(other.node, other.tag, "rebalance"),
+            ]
+            node = self._then(name, factory, inputs=edges, parallelism=1)
+        return Stream(self.flow, node, event_time=self.event_time and other.event_time)
+
     def _derive(self, node: Node) -> Stream:
         return Stream(self.flow, node, event_time=self.event_time)
 

@@ -266,3 +266,28 @@ class Operator(Target):
         if batch.height:
             self.metrics.records_out += batch.height
             self.output.emit(batch)
+
+
+class TwoInputOperator(Operator):
+    """Base class of operators with two inputs (joins): ``side`` 0 is the
+    first input of the node, 1 the second. Watermarks are already combined
+    (the minimum of both inputs) by the input gate, as in Flink.
+    """
+
+    def process_batch(self, batch: pl.DataFrame) -> None:  # pragma: no cover - wiring bug
+        raise JobError(f"operator {self.name!r} has two inputs: batches must come with a side")
+
+    @abstractmethod
+    def process_side(self, side: int, batch: pl.DataFrame) -> None:
+        """React to one batch of rows from input ``side`` (0 or 1)."""
+
+    def push_side(self, side: int, batch: pl.DataFrame) -> None:
+        m = self.metrics
+        m.records_in += batch.height
+        m.batches_in += 1
+        try:
+            self.process_side(side, batch)
+        except SluiceError:
+            raise
+        except Exception as e:
+            raise self._failure(e, f"a batch of {batch.height} rows from input {side}") from e

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.operators.base import Operator, Target
+from sluice.operators.base import Operator, Target, TwoInputOperator
 from sluice.plan.logical import ExchangeKind
 from sluice.plan.partitioning import partition
 from sluice.runtime.messages import MIN_TIME, Barrier
@@ -39,6 +39,9 @@ class InputGate:
         self._aligning: Barrier | None = None
         self._arrived: set[int] = set()
         self._held: deque[tuple[int, str, Any]] = deque()
+        #: input index (side) of each channel, for two-input heads (joins)
+        self.side: list[int] = []
+        self._two = head if isinstance(head, TwoInputOperator) else None
 
     def _blocked(self, ch: int, kind: str, payload: Any) -> bool:
         if self._aligning is not None and ch in self._arrived:
@@ -72,7 +75,8 @@ class InputGate:
                 continue
             getattr(self, "receive_" + kind)(ch, *(() if kind == "end" else (payload,)))
 
-    def add_channel(self) -> int:
+    def add_channel(self, side: int = 0) -> int:
+        self.side.append(side)
         self.wm.append(MIN_TIME)
         self.idle.append(False)
         self.ended.append(False)
@@ -81,7 +85,10 @@ class InputGate:
     def receive_batch(self, ch: int, batch: pl.DataFrame) -> None:
         if self._aligning is not None and self._blocked(ch, "batch", batch):
             return
-        self.head.push_batch(batch)
+        if self._two is not None:
+            self._two.push_side(self.side[ch], batch)
+        else:
+            self.head.push_batch(batch)
 
     def receive_watermark(self, ch: int, time: int) -> None:
         if self._aligning is not None and self._blocked(ch, "watermark", time):

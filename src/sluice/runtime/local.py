@@ -209,7 +209,7 @@ class LocalRuntime:
             self.all_ops.extend(ops)
             self.instances[pn.node.id] = ops
             self.metrics[pn.node.id] = ms
-            for pe in pn.inputs:
+            for side, pe in enumerate(pn.inputs):
                 ups = self.instances[pe.src.node.id]
                 tag = pe.edge.tag
                 if pe.chained:
@@ -223,14 +223,14 @@ class LocalRuntime:
                     for ui, u in enumerate(ups):
                         g = gates[(pn.node.id, ui)]
                         _targets(u, tag).append(
-                            ExchangeWriter("forward", (), [(g, g.add_channel())], ui)
+                            ExchangeWriter("forward", (), [(g, g.add_channel(side))], ui)
                         )
                 else:
                     for ui, u in enumerate(ups):
                         tg = []
                         for di in range(len(ops)):
                             g = gates[(pn.node.id, di)]
-                            tg.append((g, g.add_channel()))
+                            tg.append((g, g.add_channel(side)))
                         _targets(u, tag).append(ExchangeWriter(pe.exchange, pe.edge.keys, tg, ui))
         if not self.sinks:
             raise PlanError("the job has no sink")
