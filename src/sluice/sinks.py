@@ -2,6 +2,7 @@
 
 from sluice.connectors.sinks.callback import CallbackSink, callback
 from sluice.connectors.sinks.collect import CollectSink, collect
+from sluice.connectors.sinks.discard import DiscardSink, discard
 from sluice.connectors.sinks.files import (
     CsvSink,
     FileSink,
@@ -18,6 +19,7 @@ __all__ = [
     "CallbackSink",
     "CollectSink",
     "CsvSink",
+    "DiscardSink",
     "FileSink",
     "JsonlSink",
     "LogSink",
@@ -26,6 +28,7 @@ __all__ = [
     "callback",
     "collect",
     "csv",
+    "discard",
     "jsonl",
     "log",
     "parquet",

@@ -349,6 +349,7 @@ class FileSink(Sink):
         rolling_rows: int | None = None,
         rolling_bytes: int | str | None = "128MB",
         rolling_interval: Duration | None = None,
+        partition_by: str | list[str] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.name = self.format
@@ -391,6 +392,15 @@ class FileSink(Sink):
         self.hidden = re.compile(pattern)
         #: Set by :meth:`recover`: the next writer of a single file continues it.
         self.recovered = False
+        #: Hive-style partition columns (``<dir>/<col>=<value>/part-...``).
+        self.partition_by: list[str] | None = (
+            [partition_by] if isinstance(partition_by, str) else list(partition_by or []) or None
+        )
+        if self.partition_by and self.single_file:
+            raise ConfigError(
+                f"{self.format} sink: {self.path!r} is a single file; partition_by "
+                "needs a directory path"
+            )
 
     def hidden_path(self, name: str) -> str:
         """The path of hidden file ``.<name>`` in the sink's directory."""
@@ -400,6 +410,10 @@ class FileSink(Sink):
         return JsonlEncoder(fh)
 
     def create_writer(self, subtask: int, parallelism: int) -> SinkWriter:
+        if self.partition_by:
+            from sluice.connectors.sinks._partitioned import PartitionedWriter
+
+            return PartitionedWriter(self, subtask)
         return FileSinkWriter(self, subtask)
 
     def publish(self, txn: dict[str, Any]) -> list[str]:
@@ -411,6 +425,11 @@ class FileSink(Sink):
         """Publish the transactions of the restored checkpoint, then delete the
         sink's other hidden files (output written after the checkpoint)."""
         self.recovered = True
+        if self.partition_by:
+            from sluice.connectors.sinks._partitioned import recover_partitioned
+
+            recover_partitioned(self, committed)
+            return
         if not os.path.isdir(self.directory):
             return
         for txn in committed:
@@ -442,6 +461,7 @@ class CsvSink(FileSink):
         rolling_rows: int | None = None,
         rolling_bytes: int | str | None = "128MB",
         rolling_interval: Duration | None = None,
+        partition_by: str | list[str] | None = None,
     ) -> None:
         if len(separator) != 1:
             raise ConfigError(f"csv sink: separator must be one character, got {separator!r}")
@@ -451,6 +471,7 @@ class CsvSink(FileSink):
             rolling_rows=rolling_rows,
             rolling_bytes=rolling_bytes,
             rolling_interval=rolling_interval,
+            partition_by=partition_by,
         )
 
     def encoder(self, fh: BinaryIO) -> Encoder:
@@ -473,6 +494,7 @@ def jsonl(
     rolling_rows: int | None = None,
     rolling_bytes: int | str | None = "128MB",
     rolling_interval: Duration | None = None,
+    partition_by: str | list[str] | None = None,
 ) -> JsonlSink:
     """Write JSON Lines: one JSON object per row, datetimes as ISO-8601 strings.
 
@@ -493,6 +515,10 @@ def jsonl(
     rolling_interval
         Start a new part file when the current one is this old (``"1m"``),
         checked in the background so that files appear even when input stops.
+    partition_by
+        Column(s) to partition a directory by, Hive-style:
+        ``<dir>/<col>=<value>/part-...`` (the columns are not repeated inside
+        the files; null values go to ``<col>=__HIVE_DEFAULT_PARTITION__``).
 
     >>> import pathlib, tempfile
     >>> import sluice as sl
@@ -509,6 +535,7 @@ def jsonl(
         rolling_rows=rolling_rows,
         rolling_bytes=rolling_bytes,
         rolling_interval=rolling_interval,
+        partition_by=partition_by,
     )
 
 
@@ -519,6 +546,7 @@ def csv(
     rolling_rows: int | None = None,
     rolling_bytes: int | str | None = "128MB",
     rolling_interval: Duration | None = None,
+    partition_by: str | list[str] | None = None,
 ) -> CsvSink:
     """Write CSV with a header per file, datetimes as ISO-8601 strings.
 
@@ -545,6 +573,7 @@ def csv(
         rolling_rows=rolling_rows,
         rolling_bytes=rolling_bytes,
         rolling_interval=rolling_interval,
+        partition_by=partition_by,
     )
 
 
@@ -554,6 +583,7 @@ def parquet(
     rolling_rows: int | None = None,
     rolling_bytes: int | str | None = "128MB",
     rolling_interval: Duration | None = None,
+    partition_by: str | list[str] | None = None,
 ) -> ParquetSink:
     """Write Parquet files (a row group per batch), finished when they roll or close.
 
@@ -579,6 +609,7 @@ def parquet(
         rolling_rows=rolling_rows,
         rolling_bytes=rolling_bytes,
         rolling_interval=rolling_interval,
+        partition_by=partition_by,
     )
 
 
