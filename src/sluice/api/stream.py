@@ -8,6 +8,7 @@ Expressions are Polars expressions and run vectorized on whole batches;
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,267 @@ class Stream:
             raise ConfigError(f"parallelism must be >= 1, got {parallelism}")
         self.node.parallelism = parallelism
         return self
+
+    # -- joins ---------------------------------------------------------------------------
+    def _join_sides(
+        self, other: Stream, what: str, left_keys: list[str], right_keys: list[str]
+    ) -> tuple[Stream, Stream]:
+        """Both inputs with their key columns checked and cast to a canonical
+        type before the hash exchange (so that equal keys meet)."""
+        from sluice.operators.joins import KeyPrep
+
+        if not isinstance(other, Stream):
+            raise ConfigError(
+                f"{what}: the other input must be a Stream, got {type(other).__name__}"
+            )
+        if other.flow is not self.flow:
+            raise ConfigError(f"{what}: both streams must belong to the same Flow")
+        if not left_keys:
+            return self, other
+        lk, rk = list(left_keys), list(right_keys)
+        left = self._derive(self._then(f"{what}_keys_left", lambda i, n: KeyPrep(what, "left", lk)))
+        right = other._derive(
+            other._then(f"{what}_keys_right", lambda i, n: KeyPrep(what, "right", rk))
+        )
+        return left, right
+
+    def join(
+        self,
+        right: Stream,
+        on: str | Sequence[str] | None = None,
+        *,
+        left_on: str | Sequence[str] | None = None,
+        right_on: str | Sequence[str] | None = None,
+        how: str = "inner",
+        ttl: Duration | None = None,
+        suffix: str = "_right",
+    ) -> Stream:
+        """Regular equi-join with another stream (Flink SQL ``JOIN ... ON``).
+
+        Each row joins every row of the other side with the same key that
+        arrived before it, so every matching pair comes out once (append-only).
+        Both sides are kept in state: forever, or for ``ttl`` after each row's
+        event time (by the watermark; processing time if a side has none).
+        Output: left columns, then right columns except the right keys (name
+        collisions get ``suffix``); event time is the later of the two rows.
+        Null keys never match. Only ``how="inner"``: outer joins of unbounded
+        streams need retractions; use :meth:`interval_join` or
+        :meth:`window_join` for outer joins.
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("j"); out = sl.sinks.collect()
+        >>> users = f.source([{"uid": 1, "name": "ann"}])
+        >>> f.source([{"uid": 1, "item": "pen"}]).join(users, on="uid").sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'uid': 1, 'item': 'pen', 'name': 'ann'}]
+        """
+        from sluice.operators.join_regular import RegularJoinOperator
+        from sluice.operators.joins import check_how, resolve_keys
+
+        what = "join"
+        lk, rk = resolve_keys(what, on, left_on, right_on)
+        if how in ("left", "right", "full", "outer"):
+            raise ConfigError(
+                f"join: how={how!r} is not supported for a regular join of unbounded streams: "
+                "an outer regular join must retract its null-padded rows when a match arrives "
+                "later (Flink emits updates). Use interval_join(..., how=...) or "
+                "window_join(..., how=...) for outer joins; they know when a row can no "
+                "longer match"
+            )
+        check_how(what, how, ("inner",))
+        ttl_ms = None if ttl is None else parse_duration(ttl, what="join ttl", allow_zero=False)
+        et = self.event_time and right.event_time if isinstance(right, Stream) else False
+        left_s, right_s = self._join_sides(right, what, lk, rk)
+        sfx = suffix
+        return left_s._two_input(
+            right_s,
+            what,
+            lambda i, n: RegularJoinOperator(what, lk, rk, sfx, ttl_ms, et),
+            lk,
+            rk,
+        )
+
+    def interval_join(
+        self,
+        right: Stream,
+        on: str | Sequence[str] | None = None,
+        *,
+        left_on: str | Sequence[str] | None = None,
+        right_on: str | Sequence[str] | None = None,
+        lower: Duration = "-5s",
+        upper: Duration = "5s",
+        how: str = "inner",
+        suffix: str = "_right",
+    ) -> Stream:
+        """Interval join (Flink): rows with equal keys where
+        ``left.time + lower <= right.time <= left.time + upper`` (both bounds
+        inclusive; ``lower``/``upper`` may be negative, e.g. ``"-5s"``).
+
+        State is kept only while a row can still match. Rows behind the
+        watermark are dropped and counted as ``late_dropped``. With
+        ``how="left"|"right"|"full"`` a row that matched nothing comes out with
+        the other side's columns null once the watermark passes the end of its
+        interval; the forwarded watermark is then held back by
+        ``max(upper, -lower)`` so these rows are not late downstream.
+        Output event time: the later of the two rows.
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("ij"); out = sl.sinks.collect()
+        >>> clicks = f.source([{"ad": 7, "ct": 1_500}], time="ct")
+        >>> views = f.source([{"ad": 7, "vt": 1_000}], time="vt")
+        >>> views.interval_join(clicks, on="ad", lower=0, upper="1s").sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'ad': 7, 'vt': 1000, 'ct': 1500}]
+        """
+        from sluice.operators.join_interval import IntervalJoinOperator
+        from sluice.operators.joins import check_how, resolve_keys, signed_duration
+
+        what = "interval_join"
+        lk, rk = resolve_keys(what, on, left_on, right_on)
+        check_how(what, how, ("inner", "left", "right", "full"))
+        lo = signed_duration(lower, what="interval_join lower bound")
+        up = signed_duration(upper, what="interval_join upper bound")
+        if lo > up:
+            raise ConfigError(
+                f"interval_join: lower bound ({lower!r}) is after upper bound ({upper!r})"
+            )
+        if not (self.event_time and isinstance(right, Stream) and right.event_time):
+            raise ConfigError(
+                "interval_join: both streams need event time (a source with time=...)"
+            )
+        left_s, right_s = self._join_sides(right, what, lk, rk)
+        sfx = suffix
+        return left_s._two_input(
+            right_s,
+            what,
+            lambda i, n: IntervalJoinOperator(what, lk, rk, lo, up, how, sfx),
+            lk,
+            rk,
+        )
+
+    def assign_windows(self, spec: WindowSpec) -> Stream:
+        """Add ``window_start`` and ``window_end`` to every row (Flink's
+        windowing table-valued functions ``TUMBLE``/``HOP``): a row belongs to
+        one tumbling window, or to ``size / slide`` sliding windows (it is
+        repeated once per window). Feed the result to :meth:`window_join`.
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("tvf"); out = sl.sinks.collect()
+        >>> s = f.source([{"x": 1, "t": 1_500}], time="t")
+        >>> s.assign_windows(sl.windows.tumbling("1s")).select("x", "window_start").sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'x': 1, 'window_start': datetime.datetime(1970, 1, 1, 0, 0, 1)}]
+        """
+        from sluice.operators.join_window import AssignWindows
+        from sluice.time.windows import Sliding, Tumbling
+
+        if not isinstance(spec, Tumbling | Sliding):
+            raise ConfigError(
+                "assign_windows: pass sl.windows.tumbling(...) or sl.windows.sliding(...) "
+                f"(got {type(spec).__name__}); session and count windows have no "
+                "table-valued form"
+            )
+        if spec.time != "event" or not self.event_time:
+            raise ConfigError(
+                "assign_windows: needs an event-time stream (a source with time=...) "
+                "and an event-time window"
+            )
+        return self._derive(
+            self._then("assign_windows", lambda i, n: AssignWindows("assign_windows", spec))
+        )
+
+    def window_join(
+        self,
+        right: Stream,
+        on: str | Sequence[str] | None = None,
+        *,
+        left_on: str | Sequence[str] | None = None,
+        right_on: str | Sequence[str] | None = None,
+        how: str = "inner",
+        suffix: str = "_right",
+    ) -> Stream:
+        """Window join (Flink SQL): join rows of two windowed streams (from
+        :meth:`assign_windows` or ``.window(...).agg(...)``) with equal
+        ``window_start``, ``window_end`` and keys. A window's rows are joined
+        when the watermark passes its end, then forgotten; rows arriving for
+        a window that already fired are dropped and counted as
+        ``late_dropped``. ``how``: inner, left, right or full. Output: left
+        columns, then right columns except keys and window columns; event time
+        ``window_end - 1``. Without keys the join runs in one subtask.
+
+        >>> import sluice as sl
+        >>> f = sl.Flow("wj"); out = sl.sinks.collect()
+        >>> tw = sl.windows.tumbling("1s")
+        >>> a = f.source([{"k": 1, "x": 1, "t": 100}], time="t").assign_windows(tw)
+        >>> b = f.source([{"k": 1, "y": 2, "t": 900}], time="t").assign_windows(tw)
+        >>> a.window_join(b, on="k").select("k", "x", "y").sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'k': 1, 'x': 1, 'y': 2}]
+        """
+        from sluice.operators.join_window import WindowJoinOperator
+        from sluice.operators.joins import check_how, resolve_keys
+
+        what = "window_join"
+        lk, rk = resolve_keys(what, on, left_on, right_on, required=False)
+        check_how(what, how, ("inner", "left", "right", "full"))
+        if not (self.event_time and isinstance(right, Stream) and right.event_time):
+            raise ConfigError(
+                "window_join: both streams need event time and window columns: "
+                "use assign_windows(...) or .window(...).agg(...) on each"
+            )
+        left_s, right_s = self._join_sides(right, what, lk, rk)
+        sfx = suffix
+        return left_s._two_input(
+            right_s, what, lambda i, n: WindowJoinOperator(what, lk, rk, how, sfx), lk, rk
+        )
+
+    def lookup_join(
+        self,
+        table: pl.DataFrame | str | os.PathLike[str],
+        on: str | Sequence[str] | None = None,
+        *,
+        left_on: str | Sequence[str] | None = None,
+        right_on: str | Sequence[str] | None = None,
+        how: str = "inner",
+        suffix: str = "_right",
+    ) -> Stream:
+        """Enrich rows from a static table (Flink lookup join / side input):
+        a Polars DataFrame, or a Parquet/CSV file read once when each subtask
+        opens. No state, no exchange. ``how``: ``"inner"`` or ``"left"``
+        (table columns null when no row matches). Null keys never match.
+
+        >>> import sluice as sl, polars as pl
+        >>> f = sl.Flow("lj"); out = sl.sinks.collect()
+        >>> names = pl.DataFrame({"code": ["FR"], "country": ["France"]})
+        >>> f.source([{"code": "FR", "n": 3}]).lookup_join(names, on="code").sink(out)
+        >>> _ = f.run(); out.rows()
+        [{'code': 'FR', 'n': 3, 'country': 'France'}]
+        """
+        from sluice.operators.join_lookup import LookupJoinOp, read_table
+        from sluice.operators.joins import check_how, resolve_keys
+
+        what = "lookup_join"
+        lk, rk = resolve_keys(what, on, left_on, right_on)
+        check_how(what, how, ("inner", "left"))
+        if isinstance(table, pl.DataFrame):
+            for c in rk:
+                if c not in table.columns:
+                    raise ConfigError(
+                        f"lookup_join: the lookup table has no column {c!r} "
+                        f"(its columns: {table.columns})"
+                    )
+        elif isinstance(table, str | os.PathLike):
+            read_table(table, what)  # fail now on a missing or unreadable file
+            table = os.fspath(table)
+        else:
+            raise ConfigError(
+                f"lookup_join: table must be a Polars DataFrame or a file path, "
+                f"got {type(table).__name__}"
+            )
+        tbl, sfx = table, suffix
+        return self._derive(
+            self._then("lookup_join", lambda i, n: LookupJoinOp(what, tbl, lk, rk, how, sfx))
+        )
 
     # -- windows without keys ----------------------------------------------------------
     def window(
