@@ -89,6 +89,7 @@ class TopicConfig:
     compact: bool = False
     delete_retention_ms: int = 86_400_000
     min_cleanable_dirty_ratio: float = 0.5
+    compaction_buffer_bytes: int = 32 * 1024 * 1024
     segment_bytes: int = 128 * 1024 * 1024
     segment_ms: int = 7 * 86_400_000
     index_interval_bytes: int = 4096
@@ -110,6 +111,7 @@ class TopicConfig:
         compact: bool = False,
         delete_retention: Any = "1d",
         min_cleanable_dirty_ratio: float = 0.5,
+        compaction_buffer: Any = "32MiB",
         segment_bytes: Any = "128MiB",
         segment_age: Any = "7d",
         index_interval_bytes: Any = 4096,
@@ -133,6 +135,7 @@ class TopicConfig:
             compact=compact,
             delete_retention_ms=parse_duration(delete_retention, what="delete_retention"),
             min_cleanable_dirty_ratio=min_cleanable_dirty_ratio,
+            compaction_buffer_bytes=parse_size(compaction_buffer, what="compaction_buffer"),
             segment_bytes=parse_size(segment_bytes, what="segment_bytes"),
             segment_ms=parse_duration(segment_age, what="segment_age", allow_zero=False),
             index_interval_bytes=parse_size(index_interval_bytes, what="index_interval_bytes"),
@@ -162,6 +165,11 @@ class TopicConfig:
             )
         if not 0.0 <= self.min_cleanable_dirty_ratio <= 1.0:
             raise ConfigError("min_cleanable_dirty_ratio must be between 0 and 1")
+        if not 56 <= self.compaction_buffer_bytes <= 2**40:
+            raise ConfigError(
+                "compaction_buffer must be from 56 B to 1TiB (the cleaner's offset map: "
+                f"28 bytes per key, at least two), got {self.compaction_buffer_bytes}"
+            )
 
     @property
     def cleanup_policy(self) -> str:
@@ -184,6 +192,8 @@ class TopicConfig:
                 conv["segment_bytes"] = parse_size(v, what="segment_bytes")
             elif k == "segment_age":
                 conv["segment_ms"] = parse_duration(v, what="segment_age", allow_zero=False)
+            elif k == "compaction_buffer":
+                conv["compaction_buffer_bytes"] = parse_size(v, what="compaction_buffer")
             elif k == "max_record_bytes":
                 conv["max_record_bytes"] = parse_size(v, what="max_record_bytes")
             elif k == "local_retention":

@@ -232,7 +232,7 @@ def binary_parts(arr: pa.Array) -> tuple[np.ndarray, Any]:
     wide = arr.type == pa.large_binary()
     dtype = _I64 if wide else _I32
     offs = np.frombuffer(bufs[1], dtype=dtype, count=n + 1, offset=arr.offset * dtype.itemsize)
-    lengths = np.diff(offs).astype(_I32, copy=False)
+    lengths = np.subtract(offs[1:], offs[:-1], dtype=_I32)
     if arr.null_count:
         valid = np.asarray(arr.is_valid())
         if lengths[~valid].any():  # null slots that span bytes: rebuild compactly
@@ -369,8 +369,8 @@ def decode_headers(lengths: np.ndarray, data: Any) -> pa.Array:
 
 
 def prepare_batch(
-    timestamps: np.ndarray,
-    keys: pa.Array,
+    timestamps: np.ndarray | int,
+    keys: pa.Array | None,
     values: pa.Array,
     *,
     headers: list[Any] | None = None,
@@ -383,6 +383,7 @@ def prepare_batch(
     transactional: bool = False,
 ) -> PreparedBatch:
     """Encode records (columns of equal length, at least one record) as a batch payload.
+    ``timestamps`` may be one integer for all records, ``keys`` ``None`` for no keys.
 
     >>> import numpy as np, pyarrow as pa
     >>> b = prepare_batch(np.array([5, 7]), pa.array([b"k", None]), pa.array([b"v1", b"v2"]))
@@ -390,11 +391,57 @@ def prepare_batch(
     (2, 5, 7)
     """
     n = len(values)
-    if n == 0 or len(keys) != n or len(timestamps) != n:
+    if n == 0 or (keys is not None and len(keys) != n):
         raise ValueError("a batch needs at least one record and columns of equal length")
-    ts = np.asarray(timestamps, dtype=_I64)
-    base_ts = int(ts.min())
-    max_ts = int(ts.max())
+    if keys is not None and keys.null_count == n:
+        keys = None
+    klen, kdata = binary_parts(keys) if keys is not None else (None, b"")
+    vlen, vdata = binary_parts(values)
+    return encode_batch(
+        timestamps,
+        klen,
+        kdata,
+        vlen,
+        vdata,
+        headers=headers,
+        offset_deltas=offset_deltas,
+        last_offset_delta=last_offset_delta,
+        codec=codec,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        transactional=transactional,
+    )
+
+
+def encode_batch(
+    timestamps: np.ndarray | int,
+    klen: np.ndarray | None,
+    kdata: Any,
+    vlen: np.ndarray,
+    vdata: Any,
+    *,
+    headers: list[Any] | None = None,
+    offset_deltas: np.ndarray | None = None,
+    last_offset_delta: int | None = None,
+    codec: int = CODEC_NONE,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    transactional: bool = False,
+) -> PreparedBatch:
+    """:func:`prepare_batch` from columns already split by :func:`binary_parts`
+    (``klen`` ``None``: no keys): the producer's fast path, which computed the
+    lengths once to check record sizes and reuses them here.
+
+    >>> import numpy as np
+    >>> b = encode_batch(9, None, b"", np.array([2, 3], np.int32), b"v1v22")
+    >>> b.record_count, b.flags & FLAG_TS_CONST != 0, b.payload_size
+    (2, True, 13)
+    """
+    n = len(vlen)
+    if n == 0 or (klen is not None and len(klen) != n):
+        raise ValueError("a batch needs at least one record and columns of equal length")
     flags = 0
     parts: list[Any] = []
     if offset_deltas is not None:
@@ -404,21 +451,27 @@ def prepare_batch(
         last = int(deltas[-1]) if last_offset_delta is None else last_offset_delta
     else:
         last = n - 1 if last_offset_delta is None else last_offset_delta
-    rel = ts - base_ts
-    if max_ts == base_ts:
+    if isinstance(timestamps, int | np.integer):
+        base_ts = max_ts = int(timestamps)
         flags |= FLAG_TS_CONST
-    elif max_ts - base_ts < 2**31:
-        parts.append(rel.astype(_I32))
     else:
-        flags |= FLAG_TS64
-        parts.append(rel)
-    if keys.null_count == n:
+        if len(timestamps) != n:
+            raise ValueError("a batch needs at least one record and columns of equal length")
+        ts = np.asarray(timestamps, dtype=_I64)
+        base_ts = int(ts.min())
+        max_ts = int(ts.max())
+        if max_ts == base_ts:
+            flags |= FLAG_TS_CONST
+        elif max_ts - base_ts < 2**31:
+            parts.append((ts - base_ts).astype(_I32))
+        else:
+            flags |= FLAG_TS64
+            parts.append(ts - base_ts)
+    if klen is None:
         flags |= FLAG_NO_KEYS
-        kdata: Any = b""
+        kdata = b""
     else:
-        klen, kdata = binary_parts(keys)
         parts.append(klen)
-    vlen, vdata = binary_parts(values)
     parts.append(vlen)
     hdata: Any = b""
     if headers is not None and any(h for h in headers):
@@ -428,19 +481,19 @@ def prepare_batch(
     if transactional:
         flags |= FLAG_TRANSACTIONAL
     parts += [kdata, vdata, hdata]
-    views = [memoryview(p).cast("B") for p in parts]
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
     raw_len = sum(len(v) for v in views)
     if codec == CODEC_NONE:
-        payload = [v for v in views if len(v)]
+        payload = views
         crc = 0
-        for v in payload:
+        for v in views:
             crc = crc32c(v, crc)
     else:
         payload = [compress(codec, b"".join(views))]
         crc = crc32c(payload[0])
     return PreparedBatch(
         payload=payload,
-        payload_len=sum(len(p) for p in payload),
+        payload_len=raw_len if codec == CODEC_NONE else len(payload[0]),
         payload_crc=crc,
         flags=flags,
         codec=codec,
@@ -573,6 +626,7 @@ __all__ = [
     "check_crc",
     "codec_id",
     "decode_records",
+    "encode_batch",
     "parse_header",
     "prepare_batch",
 ]

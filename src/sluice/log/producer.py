@@ -57,7 +57,7 @@ from sluice.log.format import (
     as_binary,
     binary_parts,
     codec_id,
-    prepare_batch,
+    encode_batch,
     prepare_record,
 )
 from sluice.log.partition import Partition, now_ms
@@ -182,11 +182,8 @@ class Producer:
         if headers:  # the general path handles headers
             meta = self._send_columns(
                 topic,
-                keys=pa.array([k], pa.binary()),
-                values=pa.array([v], pa.binary()),
-                timestamps=np.array([ts], np.int64),
+                _Records.of(pa.array([k], pa.binary()), pa.array([v], pa.binary()), ts, [headers]),
                 partition=partition,
-                headers=[headers],
             )
             (p, (first, _)) = next(iter(meta.ranges.items()))
             return RecordMetadata(topic, p, first, ts)
@@ -237,16 +234,13 @@ class Producer:
         parts = {r.get("partition") for r in rows}
         if len(parts) > 1:
             raise ConfigError("send_many: give the same 'partition' to all records, or none")
-        return self._send_columns(
-            topic,
-            keys=pa.array([to_bytes(r.get("key"), "key") for r in rows], pa.binary()),
-            values=pa.array([to_bytes(r.get("value"), "value") for r in rows], pa.binary()),
-            timestamps=np.array([_timestamp_ms(r.get("timestamp")) for r in rows], np.int64),
-            partition=parts.pop(),
-            headers=[r.get("headers") for r in rows]
-            if any(r.get("headers") for r in rows)
-            else None,
+        recs = _Records.of(
+            pa.array([to_bytes(r.get("key"), "key") for r in rows], pa.binary()),
+            pa.array([to_bytes(r.get("value"), "value") for r in rows], pa.binary()),
+            np.array([_timestamp_ms(r.get("timestamp")) for r in rows], np.int64),
+            [r.get("headers") for r in rows] if any(r.get("headers") for r in rows) else None,
         )
+        return self._send_columns(topic, recs, partition=parts.pop())
 
     # -- columnar batches ----------------------------------------------------------------
     def send_batch(
@@ -267,18 +261,10 @@ class Producer:
         column of epoch milliseconds or datetimes; none: now. ``partition``: write
         all rows to this partition instead of partitioning by key.
         """
-        cols = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
-        if cols is None:
+        recs = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
+        if recs is None:
             return BatchMetadata(topic, {})
-        keys, values, ts, checked = cols
-        return self._send_columns(
-            topic,
-            keys=keys,
-            values=values,
-            timestamps=ts,
-            partition=partition,
-            schema_checked=checked,
-        )
+        return self._send_columns(topic, recs, partition=partition)
 
     def encode(
         self,
@@ -307,24 +293,22 @@ class Producer:
         >>> t.column_names, t.column("value").to_pylist(), log.offsets("t", 0)
         (['partition', 'timestamp', 'key', 'value'], [b'{"k":"a","n":1}', b'{"k":"b","n":2}'], (0, 0))
         """
-        cols = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
-        if cols is None:
+        recs = self._columns(topic, data, key=key, value=value, timestamp=timestamp)
+        if recs is None:
             return None
-        keys, values, ts, checked = cols
-        _, pids, _ = self._route(
-            topic,
-            keys=keys,
-            values=values,
-            partition=partition,
-            headers=None,
-            schema_checked=checked,
-        )
+        _, pids = self._route(topic, recs, partition=partition)
+        n = recs.n
+        keys = recs.keys if recs.keys is not None else pa.nulls(n, pa.binary())
         return pa.table(
             {
-                "partition": pa.array(pids.astype(np.int32, copy=False)),
-                "timestamp": pa.array(np.asarray(ts, np.int64)),
+                "partition": pa.array(
+                    np.full(n, pids, np.int32) if isinstance(pids, int) else pids.astype(np.int32)
+                ),
+                "timestamp": pa.array(
+                    np.full(n, recs.ts, np.int64) if isinstance(recs.ts, int) else recs.ts
+                ),
                 "key": pc.cast(keys, pa.large_binary()),
-                "value": pc.cast(values, pa.large_binary()),
+                "value": pc.cast(recs.values, pa.large_binary()),
             }
         )
 
@@ -336,13 +320,12 @@ class Producer:
         key: str | None,
         value: str | None,
         timestamp: str | None,
-    ) -> tuple[pa.Array, pa.Array, np.ndarray, bool] | None:
-        """Keys, values and timestamps of ``data`` as columns (``None``: no rows),
-        and whether the values were checked against the topic's schema."""
-        if isinstance(data, pa.RecordBatch):
-            data = pa.Table.from_batches([data])
-        columns = data.columns if isinstance(data, pl.DataFrame) else data.column_names
-        height = data.height if isinstance(data, pl.DataFrame) else data.num_rows
+    ) -> _Records | None:
+        """Keys, values and timestamps of ``data`` as columns (``None``: no rows)."""
+        if isinstance(data, pl.DataFrame):
+            columns, height = data.columns, data.height
+        else:
+            columns, height = data.schema.names, data.num_rows
         if height == 0:
             return None
         for col in (key, value, timestamp):
@@ -351,13 +334,15 @@ class Producer:
                     f"send_batch: column {col!r} not in the data (columns: {columns})"
                 )
 
-        def column(name: str) -> pa.Array:  # Arrow input stays Arrow: no copy
+        def column(name: str) -> Any:  # Arrow input stays Arrow: no copy
             if isinstance(data, pl.DataFrame):
                 return data.get_column(name).to_arrow()
             return data.column(name)
 
         cfg = self.log.config(topic)
         if value is None:
+            if isinstance(data, pa.RecordBatch):
+                data = pa.Table.from_batches([data])
             df = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
             assert isinstance(df, pl.DataFrame)
             if cfg.schema:
@@ -365,9 +350,10 @@ class Producer:
             values = _json_rows(df)
         else:
             values = as_binary(column(value))
-        keys = as_binary(column(key)) if key is not None else pa.nulls(height, pa.binary())
+        keys = as_binary(column(key)) if key is not None else None
+        ts: np.ndarray | int
         if timestamp is None:
-            ts = np.full(height, now_ms(), np.int64)
+            ts = now_ms()
         else:
             tcol = pl.Series(column(timestamp))
             if isinstance(tcol.dtype, pl.Datetime):
@@ -377,94 +363,69 @@ class Producer:
             if tcol.null_count():
                 raise ConfigError(f"send_batch: timestamp column {timestamp!r} has nulls")
             ts = tcol.cast(pl.Int64).to_numpy()
-        return keys, values, ts, value is None
+        return _Records.of(keys, values, ts, schema_checked=value is None)
 
-    def _send_columns(
-        self,
-        topic: str,
-        *,
-        keys: pa.Array,
-        values: pa.Array,
-        timestamps: np.ndarray,
-        partition: int | None,
-        headers: list[Any] | None = None,
-        schema_checked: bool = False,
-    ) -> BatchMetadata:
-        cfg, pids, sizes = self._route(
-            topic,
-            keys=keys,
-            values=values,
-            partition=partition,
-            headers=headers,
-            schema_checked=schema_checked,
-        )
-        groups = _group(pids)
+    def _send_columns(self, topic: str, recs: _Records, *, partition: int | None) -> BatchMetadata:
+        cfg, pids = self._route(topic, recs, partition=partition)
         codec = codec_id(self.compression or cfg.compression)
         plans: list[tuple[Partition, list[PreparedBatch]]] = []
-        for p, idx in groups.items():
-            if idx is None:
-                k, v, t, hs, sz = keys, values, timestamps, headers, sizes
-            else:
-                ia = pa.array(idx)
-                k, v, t, sz = keys.take(ia), values.take(ia), timestamps[idx], sizes[idx]
-                hs = [headers[i] for i in idx] if headers is not None else None
-            plans.append(
-                (self.log.partition(topic, p), self._prepare(topic, p, k, v, t, hs, sz, codec))
-            )
+        if isinstance(pids, int):
+            part = self.log.partition(topic, pids)
+            plans.append((part, self._prepare(topic, pids, recs, codec)))
+        else:
+            for p, idx in _group(pids).items():
+                sub = recs if idx is None else recs.take(idx)
+                plans.append((self.log.partition(topic, p), self._prepare(topic, p, sub, codec)))
         # -- write -----------------------------------------------------------------------
         ranges: dict[int, tuple[int, int]] = {}
         always = self.fsync == "always"
         for part, batches in plans:
             ranges[part.index] = part.append(batches, fsync=always)
-            self._mark_dirty(part)
+            if self.fsync == "interval":
+                self._mark_dirty(part)
         return BatchMetadata(topic, ranges)
 
     def _route(
-        self,
-        topic: str,
-        *,
-        keys: pa.Array,
-        values: pa.Array,
-        partition: int | None,
-        headers: list[Any] | None,
-        schema_checked: bool,
-    ) -> tuple[Any, np.ndarray, np.ndarray]:
-        """Check records before anything is written; return the topic's config, each
-        record's partition and each record's size."""
+        self, topic: str, recs: _Records, *, partition: int | None
+    ) -> tuple[Any, np.ndarray | int]:
+        """Check records before anything is written; return the topic's config and
+        the records' partition (one for all, or one per record)."""
         if self._closed:
             raise LogError("the producer is closed")
         cfg = self.log.config(topic)
         if partition is not None:
             self.log.partition(topic, partition)  # raises PartitionNotFoundError
-        klen, _ = binary_parts(keys)
-        vlen, _ = binary_parts(values)
-        sizes = record_sizes(klen, vlen)
-        if headers is not None:
-            sizes = sizes + np.array([len(json.dumps(h, default=str)) if h else 0 for h in headers])
-        too_big = np.flatnonzero(sizes > cfg.max_record_bytes)
-        if len(too_big):
-            i = int(too_big[0])
-            raise RecordTooLargeError(
-                f"record {i} for topic {topic!r} is {int(sizes[i])} bytes, more than the topic's "
-                f"max_record_bytes ({cfg.max_record_bytes}); nothing was written. Raise it with "
-                f"`sluice topic alter {topic} --max-record-bytes ...`"
-            )
-        if cfg.compact and keys.null_count:
-            i = int(np.flatnonzero(klen < 0)[0])
+        # no record can be larger than all of them together: O(1) for the usual case
+        if recs.nbytes + recs.header_bytes > cfg.max_record_bytes:
+            sizes = recs.sizes()
+            too_big = np.flatnonzero(sizes > cfg.max_record_bytes)
+            if len(too_big):
+                i = int(too_big[0])
+                raise RecordTooLargeError(
+                    f"record {i} for topic {topic!r} is {int(sizes[i])} bytes, more than the "
+                    f"topic's max_record_bytes ({cfg.max_record_bytes}); nothing was written. "
+                    f"Raise it with `sluice topic alter {topic} --max-record-bytes ...`"
+                )
+        if cfg.compact and (recs.klen is None or recs.keys is None or recs.keys.null_count):
+            i = 0 if recs.klen is None else int(np.flatnonzero(recs.klen < 0)[0])
             raise InvalidRecordError(
                 f"record {i} has no key, but topic {topic!r} is compacted (records are kept "
                 "per key); nothing was written"
             )
-        if cfg.schema and not schema_checked:
-            check_values(values, cfg.schema, topic)
+        if cfg.schema and not recs.schema_checked:
+            check_values(recs.values, cfg.schema, topic)
         if partition is not None:
-            return cfg, np.full(len(values), partition, np.int64), sizes
-        pids = partition_for(keys, cfg.partitions)
-        if keys.null_count:
+            return cfg, partition
+        if recs.keys is None or recs.klen is None:  # all keyless: sticky partition
             sticky = self._sticky.get(topic, random.randrange(cfg.partitions))
             self._sticky[topic] = (sticky + 1) % cfg.partitions
-            pids[klen < 0] = sticky % cfg.partitions
-        return cfg, pids, sizes
+            return cfg, sticky % cfg.partitions
+        pids = partition_for(recs.keys, cfg.partitions)
+        if recs.keys.null_count:
+            sticky = self._sticky.get(topic, random.randrange(cfg.partitions))
+            self._sticky[topic] = (sticky + 1) % cfg.partitions
+            pids[recs.klen < 0] = sticky % cfg.partitions
+        return cfg, pids
 
     def _mark_dirty(self, part: Partition) -> None:
         if self.fsync == "interval":
@@ -473,35 +434,31 @@ class Producer:
             if self._flusher is None:
                 self._start_flusher()
 
-    def _prepare(
-        self,
-        topic: str,
-        p: int,
-        keys: pa.Array,
-        values: pa.Array,
-        ts: np.ndarray,
-        headers: list[Any] | None,
-        sizes: np.ndarray,
-        codec: int,
-    ) -> list[PreparedBatch]:
-        cuts = batch_cuts(sizes, self.batch_bytes)
-        out = []
+    def _prepare(self, topic: str, p: int, recs: _Records, codec: int) -> list[PreparedBatch]:
         seq_key = (topic, p)
         seq = self._sequences.get(seq_key, 0)
-        for a, b in itertools.pairwise(cuts):
+        if recs.nbytes + 8 * recs.n + recs.header_bytes <= self.batch_bytes:
+            pieces = [recs]  # the usual case: one call, one batch, no cut to compute
+        else:
+            cuts = batch_cuts(recs.sizes(), self.batch_bytes)
+            pieces = [recs.slice(a, b) for a, b in itertools.pairwise(cuts)]
+        out = []
+        for r in pieces:
             out.append(
-                prepare_batch(
-                    ts[a:b],
-                    keys.slice(a, b - a),
-                    values.slice(a, b - a),
-                    headers=headers[a:b] if headers is not None else None,
+                encode_batch(
+                    r.ts,
+                    r.klen,
+                    r.kdata,
+                    r.vlen,
+                    r.vdata,
+                    headers=r.headers,
                     codec=codec,
                     producer_id=self.producer_id,
                     producer_epoch=0,
                     base_sequence=seq,
                 )
             )
-            seq = (seq + (b - a)) % (2**31)
+            seq = (seq + r.n) % (2**31)
         self._sequences[seq_key] = seq
         return out
 
@@ -544,6 +501,79 @@ class Producer:
             self._flusher.join()
         if self.fsync == "interval":
             self._flush_dirty()
+
+
+@dataclass(slots=True)
+class _Records:
+    """Records of one call as columns, split once into lengths and bytes
+    (:func:`~sluice.log.format.binary_parts`): the size checks, the batch cuts
+    and the encoding all reuse them."""
+
+    n: int
+    keys: pa.Array | None  # None: no record has a key
+    values: pa.Array
+    ts: np.ndarray | int  # an int: the same timestamp for all
+    headers: list[Any] | None
+    klen: np.ndarray | None
+    kdata: Any
+    vlen: np.ndarray
+    vdata: Any
+    schema_checked: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        keys: pa.Array | None,
+        values: pa.Array,
+        ts: np.ndarray | int,
+        headers: list[Any] | None = None,
+        *,
+        schema_checked: bool = False,
+    ) -> _Records:
+        n = len(values)
+        if keys is not None and keys.null_count == n:
+            keys = None
+        klen, kdata = binary_parts(keys) if keys is not None else (None, b"")
+        vlen, vdata = binary_parts(values)
+        return cls(n, keys, values, ts, headers, klen, kdata, vlen, vdata, schema_checked)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.kdata) + len(self.vdata)
+
+    @property
+    def header_bytes(self) -> int:
+        if self.headers is None:
+            return 0
+        return sum(len(json.dumps(h, default=str)) for h in self.headers if h)
+
+    def sizes(self) -> np.ndarray:
+        """Bytes of each record (key, value and headers), as ``max_record_bytes`` counts."""
+        sizes = np.maximum(self.vlen, 0).astype(np.int64)
+        if self.klen is not None:
+            sizes += np.maximum(self.klen, 0)
+        if self.headers is not None:
+            sizes += np.array([len(json.dumps(h, default=str)) if h else 0 for h in self.headers])
+        return sizes
+
+    def take(self, idx: np.ndarray) -> _Records:
+        ia = pa.array(idx)
+        return _Records.of(
+            self.keys.take(ia) if self.keys is not None else None,
+            self.values.take(ia),
+            self.ts[idx] if isinstance(self.ts, np.ndarray) else self.ts,
+            [self.headers[i] for i in idx] if self.headers is not None else None,
+            schema_checked=self.schema_checked,
+        )
+
+    def slice(self, a: int, b: int) -> _Records:
+        return _Records.of(
+            self.keys.slice(a, b - a) if self.keys is not None else None,
+            self.values.slice(a, b - a),
+            self.ts[a:b] if isinstance(self.ts, np.ndarray) else self.ts,
+            self.headers[a:b] if self.headers is not None else None,
+            schema_checked=self.schema_checked,
+        )
 
 
 def record_sizes(klen: np.ndarray, vlen: np.ndarray) -> np.ndarray:
