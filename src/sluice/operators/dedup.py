@@ -2,16 +2,26 @@
 
 A row is a duplicate when a kept row with the same key has an event time less
 than ``within`` away from it; the first occurrence (in arrival order) is kept.
-Kept keys are remembered until the watermark passes ``first + within``.
+Kept keys are remembered until the watermark passes ``first + within`` (with
+processing time: until the clock does).
+
+With the RocksDB state backend the key -> first-seen table lives in RocksDB
+(:class:`sluice.state.rocks_tables.RocksDedupStore`): each batch looks up only
+its own keys (one multi-get) and the expiry is a range scan of a time index.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
-from sluice.operators.base import Operator
+from sluice.operators.base import Operator, OperatorContext
 from sluice.runtime.messages import TIME
-from sluice.state.snapshot import Snapshot
+from sluice.state.backends import open_backend
+from sluice.state.rocks_tables import RocksDedupStore
+from sluice.state.rocksdb import RocksDBStateBackend
+from sluice.state.snapshot import Deferred, Snapshot
 
 FIRST = "__first"
 
@@ -24,6 +34,27 @@ class DedupOperator(Operator):
         self.within = within_ms
         self.event_time = event_time
         self.state = pl.DataFrame()
+        self.store: RocksDedupStore | None = None
+        self._backend: RocksDBStateBackend | None = None
+        self._final: Snapshot | None = None
+        self._next_expiry = 0
+        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
+        self.rocksdb_options: Any = None
+
+    def open(self, ctx: OperatorContext) -> None:
+        super().open(ctx)
+        conf = ctx.config
+        if (conf.get("state_backend") or "memory") != "memory":
+            backend = open_backend(
+                conf["state_backend"],
+                state_dir=conf.get("state_dir"),
+                operator=ctx.name,
+                subtask=ctx.subtask,
+                options=self.rocksdb_options or conf.get("rocksdb_options"),
+            )
+            assert isinstance(backend, RocksDBStateBackend)
+            self._backend = backend
+            self.store = RocksDedupStore(backend, self.keys, self.within)
 
     def _times(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self.event_time and TIME in batch.columns:
@@ -36,8 +67,14 @@ class DedupOperator(Operator):
         b = self._times(batch).with_row_index("__r")
         w = self.within
         near = (pl.col(tcol) - pl.col(FIRST)).abs() < w
-        if self.state.height:
-            j = b.join(self.state, on=self.keys, how="left")
+        if tcol != TIME:
+            self._expire_processing(b.get_column(tcol)[0])
+        state = self.state
+        if self.store is not None:
+            found = self.store.lookup(b.select(self.keys).unique())
+            state = found if found is not None else pl.DataFrame()
+        if state.height:
+            j = b.join(state, on=self.keys, how="left")
             cand = j.filter(pl.col(FIRST).is_null() | ~near).drop(FIRST)
         else:
             cand = b
@@ -55,8 +92,11 @@ class DedupOperator(Operator):
         keep = pl.concat(kept)
         new_state = keep.select(*self.keys, pl.col(tcol).alias(FIRST))
         # newest first occurrence per key wins in state
-        merged = pl.concat([self.state, new_state]) if self.state.height else new_state
-        self.state = merged.unique(self.keys, keep="last", maintain_order=False)
+        if self.store is not None:
+            self.store.put(new_state.unique(self.keys, keep="last", maintain_order=True))
+        else:
+            merged = pl.concat([self.state, new_state]) if self.state.height else new_state
+            self.state = merged.unique(self.keys, keep="last", maintain_order=False)
         idx = keep.get_column("__r").sort()
         out = batch.with_row_index("__r").join(idx.to_frame(), on="__r", how="semi").drop("__r")
         dropped = batch.height - out.height
@@ -65,15 +105,67 @@ class DedupOperator(Operator):
         self.emit(out)
 
     def on_watermark(self, time: int) -> None:
-        if self.state.height and self.event_time:
+        if self.event_time:
+            self._expire(time)
+
+    def _expire(self, time: int) -> None:
+        if self.store is not None:
+            self.store.expire(time)
+        elif self.state.height:
             self.state = self.state.filter(pl.col(FIRST) + self.within > time)
 
+    def _expire_processing(self, now: int) -> None:
+        # processing times only grow: a key first seen `within` ago can match
+        # nothing any more (checked at most every `within`, so it costs little)
+        if now >= self._next_expiry:
+            self._next_expiry = now + max(self.within, 1)
+            self._expire(now)
+
     def snapshot_state(self) -> Snapshot:
+        return self._snapshot(None)
+
+    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
+        return self._snapshot(checkpoint_id)
+
+    def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
+        if self._final is not None:
+            return self._final
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
+        if self.store is not None and self._backend is not None:
+            if checkpoint_id is None or self.store.key_schema is None:
+                st = self.store.table()
+                if st is not None and st.height:
+                    snap.keyed["first_seen"] = st
+                return snap
+            # asynchronous: a RocksDB checkpoint now, scanned on the writer thread
+            copy = self._backend.checkpoint_copy(checkpoint_id)
+            reader = RocksDedupStore(copy, self.keys, self.within)
+            reader.key_schema = self.store.key_schema
+
+            def build() -> dict[str, pl.DataFrame]:
+                st = reader.table()
+                return {"first_seen": st} if st is not None else {}
+
+            snap.deferred.append(Deferred(build, copy.close))
+            return snap
         if self.state.height:
             snap.keyed["first_seen"] = self.state
         return snap
 
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
-        self.state = snapshot.keyed.get("first_seen", pl.DataFrame())
+        st = snapshot.keyed.get("first_seen", pl.DataFrame())
+        if self.store is not None:
+            if st.height:
+                self.store.restore(st)
+        else:
+            self.state = st
+
+    def close(self) -> None:
+        if self._backend is None:
+            return
+        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
+            self._final = self.snapshot_state()  # still part of later checkpoints
+        self._backend.close()
+        self._backend = None
+        self.store = None

@@ -10,11 +10,19 @@ Firing (docs/event-time.md): a window fires when the watermark reaches
 ``end - 1``; with allowed lateness its state is kept until ``end - 1 + L``
 and a late-but-allowed update re-fires it at once; elements whose windows are
 all past cleanup go to the ``late`` side output and are counted.
+
+With the RocksDB state backend (``sl.Flow(state_backend="rocksdb")``) the same
+table lives in RocksDB, one row per (key, window), in window-end order
+(:class:`sluice.state.rocks_tables.RocksWindowStore`): each batch is
+pre-aggregated with Polars, merged with the stored rows of the windows it
+touches (one multi-get) and written back; a watermark fires a range scan of
+the windows it closes. Only a batch's worth of state is in memory at a time.
 """
 
 from __future__ import annotations
 
 from math import ceil
+from typing import Any
 
 import polars as pl
 
@@ -22,7 +30,10 @@ from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import Partials
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
-from sluice.state.snapshot import Snapshot
+from sluice.state.backends import open_backend
+from sluice.state.rocks_tables import WKEY, RocksWindowStore
+from sluice.state.rocksdb import RocksDBStateBackend
+from sluice.state.snapshot import Deferred, Snapshot
 from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
 
 WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
@@ -60,9 +71,32 @@ class WindowOperator(Operator):
         self.next_cleanup = MAX_TIME  # min end-1+L over all windows
         self._timer_at = MAX_TIME
         self._batch_no = 0
+        #: The RocksDB table of the state, when the job's backend is rocksdb.
+        self.store: RocksWindowStore | None = None
+        self._backend: RocksDBStateBackend | None = None
+        self._final: Snapshot | None = None
+        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
+        self.rocksdb_options: Any = None
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
+        conf = ctx.config
+        if (conf.get("state_backend") or "memory") != "memory":
+            backend = open_backend(
+                conf["state_backend"],
+                state_dir=conf.get("state_dir"),
+                operator=ctx.name,
+                subtask=ctx.subtask,
+                options=self.rocksdb_options or conf.get("rocksdb_options"),
+            )
+            assert isinstance(backend, RocksDBStateBackend)
+            self._backend = backend
+            early = self.trigger is not None and bool(
+                self.trigger.on_update or self.trigger.every_ms
+            )
+            self.store = RocksWindowStore(
+                backend, self.keys, sessions=self.session, track_dirty=early
+            )
         if self.trigger is not None and self.trigger.every_ms:
             self._schedule_periodic(ctx.now() + self.trigger.every_ms)
 
@@ -109,6 +143,9 @@ class WindowOperator(Operator):
         else:
             part = self.partials.from_rows(assigned, self.group)
         part = part.with_columns(pl.lit(True).alias(DIRTY), pl.lit(False).alias(FIRED))
+        if self.store is not None:
+            self._process_stored(part, wm)
+            return
         self.pending.append(part)
         self.pending_rows += part.height
         mn = part.get_column(WE).min()
@@ -153,7 +190,6 @@ class WindowOperator(Operator):
         in this batch, or a late row already rescued. This path only runs for
         late rows, so it may be sequential.
         """
-        self._compact()
         keys = self.keys
         rows = assigned.with_row_index("__r").with_columns(late.alias("__late"))
         cand = rows.filter(pl.col("__late"))
@@ -165,7 +201,11 @@ class WindowOperator(Operator):
             return tuple(r[k] for k in keys)
 
         sessions: dict[tuple[object, ...], list[tuple[int, int]]] = {}
-        st = self.state
+        if self.store is not None:
+            st = self.store.sessions_of(cand.select(keys).unique())
+        else:
+            self._compact()
+            st = self.state
         if st is not None and st.height:
             st = st.join(ckeys, on=keys, how="semi") if ckeys is not None else st
             for r in st.select(*keys, WS, WE).iter_rows(named=True):
@@ -212,6 +252,10 @@ class WindowOperator(Operator):
         self.pending = []
         self.pending_rows = 0
         allp = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        self.state = self._merge(allp)
+
+    def _merge(self, allp: pl.DataFrame) -> pl.DataFrame:
+        """Merge partials of the same window (sessions: of touching windows)."""
         flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
         if self.session:
             allp = (
@@ -226,9 +270,12 @@ class WindowOperator(Operator):
             ).drop("__sid")
         else:
             merged = self.partials.merge(allp, self.group, flags)
-        self.state = merged
+        return merged
 
     def _recompute_bounds(self) -> None:
+        if self.store is not None:
+            self._recompute_stored_bounds()
+            return
         st = self.state
         if st is None or st.height == 0:
             self.next_fire = MAX_TIME
@@ -240,6 +287,9 @@ class WindowOperator(Operator):
         self.next_cleanup = min(int(mn) - 1 + self.lateness, MAX_TIME)  # type: ignore[arg-type]
 
     def _fire(self, wm: int) -> None:
+        if self.store is not None:
+            self._fire_stored(wm)
+            return
         self._compact()
         st = self.state
         if st is None or st.height == 0:
@@ -262,6 +312,9 @@ class WindowOperator(Operator):
         self._recompute_bounds()
 
     def _early_fire(self) -> None:
+        if self.store is not None:
+            self._early_fire_stored()
+            return
         self._compact()
         st = self.state
         if st is None:
@@ -290,6 +343,104 @@ class WindowOperator(Operator):
             tcol.alias(TIME),
         )
         self.emit(out)
+
+    # -- state in RocksDB -----------------------------------------------------------------
+    def _process_stored(self, part: pl.DataFrame, wm: int) -> None:
+        """Merge a batch's partials with the stored rows of the windows it touches."""
+        store = self.store
+        assert store is not None
+        if self.session:
+            stored = store.sessions_of(part.select(self.keys).unique() if self.keys else part)
+        else:
+            stored = store.get(part)
+        if stored is not None and stored.height:
+            if self.session:
+                store.delete(stored)  # merged sessions may have other bounds
+            stored = stored.drop(WKEY)
+            allp = pl.concat([stored, part.select(stored.columns)], how="vertical_relaxed")
+            merged = self._merge(allp)
+        else:
+            merged = part
+        if store.codec.schema is not None:
+            merged = merged.select(store.codec.schema.names())
+        store.put(merged)
+        mn = merged.get_column(WE).min()
+        if mn is not None and int(mn) - 1 < self.next_fire:  # type: ignore[arg-type]
+            self.next_fire = int(mn) - 1  # type: ignore[arg-type]
+        if mn is not None:
+            self.next_cleanup = min(self.next_cleanup, int(mn) - 1 + self.lateness)  # type: ignore[arg-type]
+        if self.next_fire <= wm:
+            self._fire(wm)
+        if self.trigger is not None and self.trigger.on_update:
+            self._early_fire()
+        if self.processing:
+            self._schedule_processing_fire()
+
+    def _recompute_stored_bounds(self) -> None:
+        store = self.store
+        assert store is not None
+        first = store.first_end()
+        if first is None:
+            self.next_fire = self.next_cleanup = MAX_TIME
+            return
+        self.next_cleanup = min(first - 1 + self.lateness, MAX_TIME)
+        # every window ending after the watermark is unfired (firing is final)
+        wm = self.watermark if not self.processing else self._fired_upto
+        nxt = store.first_end(after=wm + 1) if wm < MAX_TIME - 1 else None
+        self.next_fire = MAX_TIME if nxt is None else nxt - 1
+
+    _fired_upto = MIN_TIME
+
+    def _fire_stored(self, wm: int) -> None:
+        store = self.store
+        assert store is not None
+        self._fired_upto = max(self._fired_upto, wm)
+        upto = None if wm >= MAX_TIME - 1 else wm + 1
+        due_mask = pl.col(DIRTY) | ~pl.col(FIRED)
+        for chunk in store.scan(upto):
+            due = chunk.filter(due_mask)
+            if due.height:
+                self._emit_results(due)
+            if wm == MAX_TIME:
+                store.delete(chunk)
+                continue
+            gone = pl.col(WE) - 1 + self.lateness <= wm
+            store.delete(chunk.filter(gone))
+            kept = due.filter(~gone)
+            if kept.height:
+                store.put(kept.with_columns(pl.lit(False).alias(DIRTY), pl.lit(True).alias(FIRED)))
+        self._recompute_stored_bounds()
+
+    def _early_fire_stored(self) -> None:
+        store = self.store
+        assert store is not None
+        for dirty in store.dirty():
+            self._emit_results(dirty)
+            if self.purge:
+                store.delete(dirty)
+            else:
+                store.put(dirty.with_columns(pl.lit(False).alias(DIRTY)))
+        self._recompute_stored_bounds()
+
+    def _stored_snapshot(self, snap: Snapshot, checkpoint_id: int | None) -> Snapshot:
+        store = self.store
+        assert store is not None and self._backend is not None
+        if checkpoint_id is None or not self.keys or store.codec.schema is None:
+            st = store.table()
+            if st is not None and st.height:
+                (snap.keyed if self.keys else snap.tables)["windows"] = st
+            return snap
+        # asynchronous: a RocksDB checkpoint now, scanned on the writer thread
+        copy = self._backend.checkpoint_copy(checkpoint_id)
+        reader = RocksWindowStore(copy, self.keys, sessions=self.session)
+        reader.codec.schema = store.codec.schema
+
+        def build() -> dict[str, pl.DataFrame]:
+            st = reader.table()
+            return {"windows": st} if st is not None else {}
+
+        snap.deferred.append(Deferred(build, copy.close))
+        return snap
 
     # -- time ----------------------------------------------------------------------------
     def on_watermark(self, time: int) -> None:
@@ -328,6 +479,18 @@ class WindowOperator(Operator):
     _ended = False
 
     def snapshot_state(self) -> Snapshot:
+        return self._snapshot(None)
+
+    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
+        return self._snapshot(checkpoint_id)
+
+    def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
+        if self._final is not None:
+            return self._final
+        if self.store is not None:
+            return self._stored_snapshot(
+                Snapshot(keys=self.keys, watermark=self.watermark), checkpoint_id
+            )
         self._compact()
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
         if self.state is not None and self.state.height:
@@ -337,7 +500,12 @@ class WindowOperator(Operator):
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
         st = snapshot.keyed.get("windows", snapshot.tables.get("windows"))
-        if st is not None and st.height:
+        if st is not None and st.height and self.store is not None:
+            self.store.restore(st)
+            self._recompute_bounds()
+            if self.processing:
+                self._schedule_processing_fire()
+        elif st is not None and st.height:
             self.state = st
             self.pending = []
             self.pending_rows = 0
@@ -348,6 +516,15 @@ class WindowOperator(Operator):
     def on_end(self) -> None:
         self._ended = True
         self._fire(MAX_TIME)
+
+    def close(self) -> None:
+        if self._backend is None:
+            return
+        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
+            self._final = self.snapshot_state()  # still part of later checkpoints
+        self._backend.close()
+        self._backend = None
+        self.store = None
 
 
 def _session_ids(keys: list[str]) -> pl.Expr:

@@ -14,6 +14,15 @@ the newest checkpoint whose manifest parses, whose signature verifies and whose
 files all match their checksums; a corrupt or partial one is skipped with a
 warning in favour of the previous one.
 
+Snapshots are written asynchronously, as in Flink: at its barrier an operator
+only *captures* its state (immutable Polars frames by reference, a RocksDB
+checkpoint of hard links for state on disk) and the job goes on; the files are
+built, written and fsynced by a background writer (:meth:`CheckpointStorage.ack_subtask`
+returns the job to run there). The manifest is written after every file of the
+checkpoint, and the sinks commit only after the manifest: the two-phase commit
+order is the same as with synchronous writes. A failed write fails the
+checkpoint (and the job) instead of leaving it silently incomplete.
+
 The manifest is signed (HMAC-SHA256) with a per-user key kept outside the
 checkpoint (``~/.config/sluice/checkpoint.key`` or ``$SLUICE_KEY_FILE``):
 state tables may contain pickled Python values (process-function state,
@@ -32,7 +41,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,13 +145,48 @@ class CheckpointStorage:
     def write_subtask(
         self, pending: _Pending, node: str, subtask: int, parallelism: int, snap: Snapshot
     ) -> None:
+        """Record one subtask's acknowledgement and write its files now."""
+        self.ack_subtask(pending, node, subtask, parallelism, snap)()
+
+    def ack_subtask(
+        self, pending: _Pending, node: str, subtask: int, parallelism: int, snap: Snapshot
+    ) -> Callable[[], None]:
+        """Record one subtask's acknowledgement (at its barrier, on the job's
+        thread); returns the job that writes its files, which may run on another
+        thread (it builds the snapshot's deferred tables too). The manifest may
+        only be written once every such job has returned."""
         if (node, subtask) in pending.acked:
+            snap.discard()
             raise CheckpointError(f"operator {node!r} subtask {subtask} acknowledged twice")
         pending.acked.add((node, subtask))
         entry = pending.nodes.setdefault(
             node, {"parallelism": parallelism, "keys": snap.keys, "subtasks": {}}
         )
         files: dict[str, dict[str, str]] = {"keyed": {}, "tables": {}}
+        try:
+            # a copy: the sink's transaction must be the one of this barrier
+            meta = json.loads(json.dumps(snap.meta))
+        except (TypeError, ValueError) as e:
+            snap.discard()
+            raise CheckpointError(
+                f"operator {node!r} subtask {subtask}: snapshot meta is not JSON: {e}"
+            ) from e
+        entry["subtasks"][str(subtask)] = {"watermark": snap.watermark, "meta": meta, **files}
+
+        def write() -> None:
+            self._write_tables(pending, node, subtask, snap, files)
+
+        return write
+
+    def _write_tables(
+        self,
+        pending: _Pending,
+        node: str,
+        subtask: int,
+        snap: Snapshot,
+        files: dict[str, dict[str, str]],
+    ) -> None:
+        snap.materialize()
         for kind, tables in (("keyed", snap.keyed), ("tables", snap.tables)):
             for name, df in tables.items():
                 if kind == "keyed" and df.height == 0:
@@ -158,11 +202,6 @@ class CheckpointStorage:
                 pending.files[rel] = {"sha256": _sha256(out), "size": out.stat().st_size}
                 files[kind][name] = rel
                 faults.point("snapshot")
-        entry["subtasks"][str(subtask)] = {
-            "watermark": snap.watermark,
-            "meta": snap.meta,
-            **files,
-        }
 
     def finish(self, pending: _Pending, job: str, *, finished: bool) -> Path:
         body = {

@@ -13,7 +13,7 @@ import os
 import queue
 import shutil
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,31 +74,66 @@ class CheckpointSettings:
     keep: int = 3
 
 
+@dataclass
+class _InFlight:
+    """A checkpoint whose barriers went through; its files are being written."""
+
+    checkpoint_id: int
+    pending: _Pending
+    writes: list[Future[None]]
+    done: Future[None]
+    started: float
+
+
 class _Coordinator(SnapshotSink):
-    """Collects the snapshots of one checkpoint and completes it."""
+    """Takes checkpoints: injects barriers, hands each subtask's snapshot to a
+    background writer, and completes the checkpoint (manifest, then sink
+    commits) once every file is written. One checkpoint is in flight at a time
+    (Flink's default ``maxConcurrentCheckpoints = 1``)."""
 
     def __init__(self, runtime: LocalRuntime, settings: CheckpointSettings) -> None:
         self.rt = runtime
         self.settings = settings
         self.pending: _Pending | None = None
         self.next_id = settings.storage.next_id()
+        self.inflight: _InFlight | None = None
+        self._writes: list[Future[None]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        #: Per checkpoint: seconds the job was blocked (barriers and captures), and
+        #: seconds from trigger to completion.
+        self.blocked_s: list[float] = []
+        self.duration_s: list[float] = []
+
+    def _writer(self) -> ThreadPoolExecutor:
+        # one thread: files are written in order, and the manifest after them
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-checkpoint")
+        return self._pool
 
     def ack(self, checkpoint_id: int, op: Operator, snapshot: Snapshot) -> None:
         p = self.pending
         if p is None or p.checkpoint_id != checkpoint_id:
+            snapshot.discard()
             raise CheckpointError(f"unexpected barrier {checkpoint_id} at {op.name!r}")
         assert op.ctx is not None
-        self.settings.storage.write_subtask(
+        job = self.settings.storage.ack_subtask(
             p, op.ctx.name, op.ctx.subtask, op.ctx.parallelism, snapshot
         )
+        self._writes.append(self._writer().submit(job))
 
-    def checkpoint(self, *, final: bool = False, savepoint: bool = False) -> int:
-        """Take a checkpoint now: barriers from every live source, direct
-        snapshots of finished subtasks; then complete it and commit the sinks."""
+    def trigger(self, *, final: bool = False, savepoint: bool = False) -> int | None:
+        """Start a checkpoint: barriers from every live source, direct snapshots
+        of finished subtasks. Returns its id, or None while another is in flight;
+        :meth:`poll` completes it."""
+        if self.inflight is not None:
+            return None
+        t0 = time.perf_counter()
         cid = self.next_id
         self.next_id += 1
         storage = self.settings.storage
         self.pending = p = storage.begin(cid, savepoint=savepoint)
+        writes: list[Future[None]] = []
+        self._writes = writes
         try:
             for op in self.rt.all_ops:
                 if op.finished or (isinstance(op, SourceOperator) and op.ended):
@@ -111,17 +146,77 @@ class _Coordinator(SnapshotSink):
                 raise CheckpointError(
                     f"checkpoint {cid}: {missing} operator subtasks did not acknowledge"
                 )
-            storage.finish(p, self.rt.plan.name, finished=final)
         except BaseException:
+            self._drain(writes)
             storage.abort(p)
             raise
         finally:
             self.pending = None
+            self._writes = []
+        job = self.rt.plan.name
+
+        def complete() -> None:
+            for w in writes:
+                w.result()  # the writer's first error fails the checkpoint
+            storage.finish(p, job, finished=final)
+
+        done = self._writer().submit(complete)
+        self.inflight = _InFlight(cid, p, writes, done, t0)
+        self.blocked_s.append(time.perf_counter() - t0)
+        return cid
+
+    def poll(self, *, wait: bool = False) -> int | None:
+        """Complete the checkpoint in flight if its files and manifest are
+        written (or, with ``wait``, once they are): commit the sinks, prune old
+        checkpoints. Returns the completed id; raises if the checkpoint failed."""
+        f = self.inflight
+        if f is None or (not wait and not f.done.done()):
+            return None
+        self.inflight = None
+        try:
+            f.done.result()
+        except BaseException as e:
+            self._drain(f.writes)
+            self.settings.storage.abort(f.pending)
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"checkpoint {f.checkpoint_id} failed while writing its files: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        self.duration_s.append(time.perf_counter() - f.started)
         for sk in self.rt.sinks:
             faults.point("commit")
-            sk.commit(cid)
-        storage.retain(self.settings.keep)
+            sk.commit(f.checkpoint_id)
+        self.settings.storage.retain(self.settings.keep)
+        return f.checkpoint_id
+
+    def checkpoint(self, *, final: bool = False, savepoint: bool = False) -> int:
+        """Take a checkpoint and wait until it is complete and the sinks committed
+        (the one in flight, if any, completes first)."""
+        self.rt._completed(self.poll(wait=True))
+        cid = self.trigger(final=final, savepoint=savepoint)
+        assert cid is not None
+        self.poll(wait=True)
         return cid
+
+    @staticmethod
+    def _drain(writes: list[Future[None]]) -> None:
+        for w in writes:
+            w.cancel()
+        for w in writes:
+            if not w.cancelled():
+                w.exception()  # wait; the checkpoint is aborted anyway
+
+    def close(self) -> None:
+        """Abandon the checkpoint in flight (a failed or stopped run) and stop the writer."""
+        f, self.inflight = self.inflight, None
+        if f is not None:
+            self._drain([*f.writes, f.done])
+            self.settings.storage.abort(f.pending)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class LocalRuntime:
@@ -280,6 +375,10 @@ class LocalRuntime:
         self.completed.append(cid)
         return cid
 
+    def _completed(self, cid: int | None) -> None:
+        if cid is not None:
+            self.completed.append(cid)
+
     def request_savepoint(self, target: str | os.PathLike[str]) -> Future[Path]:
         """Ask the running job for a savepoint copied to ``target`` (thread-safe);
         the future resolves to the savepoint's path."""
@@ -368,9 +467,13 @@ class LocalRuntime:
                     self._discover()
                     if self.checkpointing is not None:
                         self._serve_savepoints()
+                if self.coordinator is not None and self.coordinator.inflight is not None:
+                    self._completed(self.coordinator.poll())
                 if next_checkpoint is not None and now >= next_checkpoint and every:
-                    self.checkpoint()
-                    next_checkpoint = time.perf_counter() + every
+                    assert self.coordinator is not None
+                    # asynchronous: the files are written while the job goes on
+                    if self.coordinator.trigger() is not None:
+                        next_checkpoint = time.perf_counter() + every
                 if self._stop_requested or (deadline is not None and now >= deadline):
                     stopped = True
                     break
@@ -390,10 +493,16 @@ class LocalRuntime:
         if self.checkpointing is not None:
             # a final checkpoint: commits the sinks (end of input, or a clean stop
             # from which the next run resumes)
-            self.checkpoint(final=not stopped)
+            try:
+                self.checkpoint(final=not stopped)
+            except BaseException:
+                self._shutdown()
+                raise
         if stopped or not all(s.ended for s in sinks):
             self._shutdown()
         else:
+            if self.coordinator is not None:
+                self.coordinator.close()
             self._close_sinks()
         return JobResult(
             self.plan.name,
@@ -420,6 +529,8 @@ class LocalRuntime:
 
     def _shutdown(self) -> None:
         """Stop without end-of-input semantics: close sources, flush and close sinks."""
+        if self.coordinator is not None:
+            self.coordinator.close()
         for s in self.sources:
             s.stop()
         for ops in self.instances.values():

@@ -449,6 +449,7 @@ class RocksDBStateBackend(StateBackend):
         *,
         options: RocksDBOptions | None = None,
         remove_root: str | os.PathLike[str] | None = None,
+        fresh: bool = True,
     ) -> None:
         super().__init__()
         try:
@@ -480,7 +481,11 @@ class RocksDBStateBackend(StateBackend):
         table.set_bloom_filter(10, False)
         opts.set_block_based_table_factory(table)
         self._opts = opts
-        _clear_stale(self.path, opts)
+        self._options = o
+        if fresh:
+            _clear_stale(self.path, opts)
+            for old in self.path.parent.glob(f"{self.path.name}.chk-*"):
+                shutil.rmtree(old, ignore_errors=True)  # copies left by a crash
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = rocksdict.Rdict(str(self.path), opts)
         wo = rocksdict.WriteOptions()
@@ -513,6 +518,26 @@ class RocksDBStateBackend(StateBackend):
             root = tempfile.mkdtemp(prefix=f"sluice-{safe}-{subtask}-")
             return cls(os.path.join(root, "db"), options=options, remove_root=root)
         return cls(Path(state_dir) / safe / str(subtask), options=options)
+
+    def checkpoint_copy(self, checkpoint_id: int) -> RocksDBStateBackend:
+        """A consistent copy of the state now, for an asynchronous snapshot.
+
+        RocksDB writes a checkpoint of hard links to its immutable files (after
+        flushing the memtables): cheap, whatever the state size. The copy opens
+        as a backend of its own, to be scanned on another thread while this one
+        goes on; closing it deletes it.
+        """
+        import rocksdict
+
+        if self._closed:
+            raise SluiceError(f"the rocksdb state at {self.path} is closed")
+        target = self.path.parent / f"{self.path.name}.chk-{checkpoint_id}"
+        shutil.rmtree(target, ignore_errors=True)
+        rocksdict.Checkpoint(self.db).create_checkpoint(str(target))
+        small = RocksDBOptions(block_cache_bytes=8 << 20, write_buffer_bytes=1 << 20)
+        copy = RocksDBStateBackend(target, options=small, remove_root=target, fresh=False)
+        copy.kinds = dict(self.kinds)
+        return copy
 
     def set_current_key(self, key: Hashable) -> None:
         self.kb = encode_key(key)
