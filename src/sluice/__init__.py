@@ -16,6 +16,7 @@ from polars import col, lit
 from sluice import agg, sinks, sources
 from sluice.api.flow import Flow
 from sluice.api.stream import KeyedStream, Stream, WindowedStream, WindowResult
+from sluice.api.upsert import materialize
 from sluice.errors import BadRecordError, ConfigError, JobError, PlanError, SluiceError
 from sluice.operators.process import KeyedProcessFunction, ProcessContext
 from sluice.runtime.local import JobResult
@@ -44,6 +45,7 @@ __all__ = [
     "bounded_out_of_orderness",
     "col",
     "lit",
+    "materialize",
     "monotonous",
     "parse_duration",
     "sinks",
