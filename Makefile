@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit slow-sample bench clean
+.PHONY: demo test lint typecheck unit slow-sample bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,20 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/log_append.py
 	$(BIN)/python bench/log_latency.py
+	$(BIN)/python bench/joins.py
+	$(BIN)/python bench/nexmark_generate.py
+
+## PyFlink for the Nexmark peer benchmark lives in its own venv (it pins an older
+## pyarrow/numpy than Sluice uses).
+FLINK_VENV := bench/.venv-flink
+$(FLINK_VENV)/.installed: bench/nexmark_peers/requirements-flink.txt
+	$(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --quiet -r bench/nexmark_peers/requirements-flink.txt
+	touch $@
+
+## Nexmark side by side with PyFlink SQL and Bytewax (takes about half an hour).
+bench-peers: $(VENV)/.installed-bench $(FLINK_VENV)/.installed
+	$(BIN)/python bench/nexmark_peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,18 @@
+-- nexmark/nexmark nexmark-flink/src/main/resources/queries/q3.sql (Apache-2.0, commit 6b3646c),
+-- unchanged except columns in snake_case (dateTime -> date_time, itemName -> item_name, ...).
+CREATE TABLE nexmark_q3 (
+  name  VARCHAR,
+  city  VARCHAR,
+  state  VARCHAR,
+  id  BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q3
+SELECT
+    P.name, P.city, P.state, A.id
+FROM
+    auction AS A INNER JOIN person AS P on A.seller = P.id
+WHERE
+    A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA');
