@@ -37,6 +37,7 @@ from sluice.log.errors import (
 )
 from sluice.log.partitioner import murmur2, partition_for
 from sluice.log.producer import BatchMetadata, Producer, RecordMetadata
+from sluice.log.producer_state import ProducerStateUnknownError
 from sluice.log.topic import Log, resolve_data_dir
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "OffsetOutOfRangeError",
     "PartitionNotFoundError",
     "Producer",
+    "ProducerStateUnknownError",
     "Record",
     "RecordMetadata",
     "RecordTooLargeError",

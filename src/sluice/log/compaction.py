@@ -56,6 +56,7 @@ from sluice.log.errors import CorruptRecordError
 from sluice.log.format import HEADER_SIZE, BatchHeader, check_crc, decode_records, prepare_batch
 from sluice.log.index import write_index_files
 from sluice.log.partition import Partition, iter_headers, now_ms, scan_segment
+from sluice.log.producer_state import refresh as refresh_producer_state
 from sluice.log.segment import list_segments, read_batches
 
 #: Bytes of one offset-map entry: two 64-bit key hashes, the key length (32 bits)
@@ -208,6 +209,8 @@ def compact_partition(
     cfg = partition.config
     st = partition.state()
     end_closed = st.active_base
+    # batches compaction empties must stay known to the idempotent append
+    refresh_producer_state(partition, now=now)
     result = {"records_before": 0, "records_removed": 0, "segments_rewritten": 0, "passes": 0}
     closed = [b for b in list_segments(partition.dir) if b < end_closed]
     if not closed:

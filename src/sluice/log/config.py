@@ -77,6 +77,9 @@ class TopicConfig:
     ``archive=True`` copies closed segments to Parquet (tiered storage);
     ``local_retention``/``local_retention_bytes`` then bound what stays in
     segment files, and older records are read from Parquet.
+    ``producer_expiration`` is how long the producer state of a partition
+    remembers a producer id it has not seen (Kafka's
+    ``producer.id.expiration.ms``; see :mod:`sluice.log.producer_state`).
 
     >>> TopicConfig.make(partitions=4, retention="7d", retention_bytes="10GB").retention_ms
     604800000
@@ -98,6 +101,7 @@ class TopicConfig:
     archive: bool = False
     local_retention_ms: int | None = None
     local_retention_bytes: int | None = None
+    producer_expiration_ms: int | None = 7 * 86_400_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -120,6 +124,7 @@ class TopicConfig:
         archive: bool = False,
         local_retention: Any = None,
         local_retention_bytes: Any = None,
+        producer_expiration: Any = "7d",
     ) -> TopicConfig:
         """Build a validated config from user-friendly values (sizes, durations).
 
@@ -144,6 +149,7 @@ class TopicConfig:
             archive=archive,
             local_retention_ms=_duration_or_none(local_retention, "local_retention"),
             local_retention_bytes=_size_or_none(local_retention_bytes, "local_retention_bytes"),
+            producer_expiration_ms=_duration_or_none(producer_expiration, "producer_expiration"),
         )
         cfg.validate()
         return cfg
@@ -200,6 +206,8 @@ class TopicConfig:
                 conv["local_retention_ms"] = _duration_or_none(v, "local_retention")
             elif k == "local_retention_bytes":
                 conv["local_retention_bytes"] = _size_or_none(v, "local_retention_bytes")
+            elif k == "producer_expiration":
+                conv["producer_expiration_ms"] = _duration_or_none(v, "producer_expiration")
             elif k == "schema":
                 conv["schema"] = normalize_schema(v)
             elif k in {"compression", "compact", "archive", "min_cleanable_dirty_ratio"}:
@@ -248,6 +256,7 @@ class TopicConfig:
             "archive": self.archive,
             "local_retention": dur(self.local_retention_ms),
             "local_retention_bytes": size(self.local_retention_bytes),
+            "producer_expiration": dur(self.producer_expiration_ms),
         }
 
 

@@ -10,10 +10,11 @@ published batch are cut off before anything else is written. Only whole,
 checksummed batches below the published high watermark are ever read.
 
 :meth:`Partition.append_once` is the idempotent append of the exactly-once
-log sink: under the same lock it first counts, from the batch headers after a
-given offset, the records a producer id and sequence already have in the
-partition, and appends only the missing ones (see
-:mod:`sluice.log.transactions`).
+log sink: under the same lock it first counts the records a producer id and
+sequence already have in the partition after a given offset (from the
+producer-state snapshot, :mod:`sluice.log.producer_state`, below the offset
+it covers, from the batch headers after it), and appends only the missing
+ones (see :mod:`sluice.log.transactions`).
 
 Recovery (:meth:`Partition.recover`) runs when the head cannot be trusted (the
 machine rebooted since it was written, it is missing or half written): every
@@ -35,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sluice.log.config import TopicConfig, fsync_dir
 from sluice.log.errors import LogError, LogFullError
@@ -58,6 +60,9 @@ from sluice.log.segment import (
     read_batches,
     segment_path,
 )
+
+if TYPE_CHECKING:
+    from sluice.log.producer_state import ProducerState
 
 _UNKNOWN_BOOT = b"\0" * 16
 _IOV_MAX = 512
@@ -161,6 +166,7 @@ class Partition:
         self._token = random.getrandbits(62) | 1
         self._dirty = False
         self._seg_cache: tuple[int, list[int]] | None = None
+        self._pstate_cache: tuple[ProducerState, tuple[int, int, int] | None] | None = None
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.index})"
@@ -183,6 +189,9 @@ class Partition:
                 HeadState(active_created_ms=now_ms(), boot_id=BOOT_ID, writer=0, generation=1)
             )
             p._head = head
+        from sluice.log.producer_state import ProducerState, write_snapshot
+
+        write_snapshot(p, ProducerState())  # a new partition: no producer yet
         return p
 
     # -- shared state ------------------------------------------------------------------
@@ -460,44 +469,123 @@ class Partition:
         """Idempotent append of ``count`` records of producer ``producer_id`` with
         sequence ``sequence`` (the exactly-once log sink's commit).
 
-        Under the writer lock, the batch headers from offset ``since`` to the end
-        are scanned for batches of that producer and sequence (see
-        :meth:`producer_records`); if they hold ``present`` records, ``make(present)``
-        is called for the batches of the records still missing (the ``count -
+        Under the writer lock, the records of that producer and sequence at
+        offsets ``>= since`` are counted (see :meth:`producer_records`: the
+        producer-state snapshot for what retention may have removed, the batch
+        headers for the rest); if there are ``present``, ``make(present)`` is
+        called for the batches of the records still missing (the ``count -
         present`` last ones, which must carry the same producer id and sequence)
         and they are appended. So an append repeated after a crash, even one cut
-        short at a segment roll, ends with each record in the log once. Returns
-        ``(present, appended)`` record counts.
+        short at a segment roll, and even after retention deleted what the first
+        attempt wrote, ends with each record in the log once. Returns
+        ``(present, appended)`` record counts. Raises
+        :class:`~sluice.log.producer_state.ProducerStateUnknownError` if the
+        partition cannot tell (see :mod:`sluice.log.producer_state`).
         """
         rolled = False
-        with self._locked():
-            st = self._sync()
-            present = self._producer_records(st, producer_id, sequence, since)
-            if present and fsync and self._log_fd is not None:
-                # appended by an earlier attempt that may have died before its fsync
-                os.fdatasync(self._log_fd)
-            if present >= count:
-                return present, 0
-            batches = make(present)
-            first, last, rolled = (
-                self._append_locked(st, batches, fsync) if batches else (0, 0, False)
-            )
+        while True:
+            pstate, ident = self._producer_state()
+            with self._locked():
+                st = self._sync()
+                present = self._producer_records(st, pstate, producer_id, sequence, since)
+                if self._pstate_identity() != ident:
+                    continue  # the cleaner covered more (and may have deleted): count again
+                if present and fsync and self._log_fd is not None:
+                    # appended by an earlier attempt that may have died before its fsync
+                    os.fdatasync(self._log_fd)
+                if present >= count:
+                    return present, 0
+                batches = make(present)
+                first, last, rolled = (
+                    self._append_locked(st, batches, fsync) if batches else (0, 0, False)
+                )
+                break
         if rolled and self.on_roll is not None:
             self.on_roll(self)
         return present, last - first
 
     def producer_records(self, producer_id: int, sequence: int, since: int = 0) -> int:
         """How many records the batches of producer ``producer_id`` with base sequence
-        ``sequence`` and base offset ``>= since`` hold, from the batch headers.
+        ``sequence`` and base offset ``>= since`` hold.
 
-        Each batch counts ``last offset delta + 1`` records, which compaction keeps
-        when it removes records from a batch. Batches below the first local
-        segment (archived, or deleted by retention) are not seen.
+        Batches below the offset the producer-state snapshot covers are counted
+        from it (so records deleted by retention, archived, or compacted away
+        still count); the rest from the batch headers of the local segments (each
+        batch counts ``last offset delta + 1`` records, which compaction keeps
+        when it removes records from a batch). Raises
+        :class:`~sluice.log.producer_state.ProducerStateUnknownError` when
+        neither can tell.
         """
-        with self._locked():
-            return self._producer_records(self._sync(), producer_id, sequence, since)
+        while True:
+            pstate, ident = self._producer_state()
+            with self._locked():
+                n = self._producer_records(self._sync(), pstate, producer_id, sequence, since)
+                if self._pstate_identity() == ident:
+                    return n
 
-    def _producer_records(self, st: HeadState, producer_id: int, sequence: int, since: int) -> int:
+    def _pstate_identity(self) -> tuple[int, int, int] | None:
+        from sluice.log.producer_state import identity
+
+        return identity(self)
+
+    def _producer_state(self) -> tuple[ProducerState, tuple[int, int, int] | None]:
+        """The producer-state snapshot (cached while its file is unchanged); rebuilt,
+        under the cleaner lock, when missing, corrupt or behind the log's start."""
+        from sluice.log.producer_state import (
+            ProducerStateCorruptError,
+            identity,
+            read_snapshot,
+            refresh,
+        )
+        from sluice.log.retention import cleaner_lock
+
+        ident = identity(self)
+        cached = self._pstate_cache
+        if ident is not None and cached is not None and cached[1] == ident:
+            return cached
+        state = None
+        if ident is not None:
+            try:
+                state = read_snapshot(self)
+            except (ProducerStateCorruptError, FileNotFoundError):
+                state = None
+        if state is None or state.covered > self.state().active_base:
+            with cleaner_lock(self, wait=True):
+                refresh(self)
+                ident = identity(self)
+                state = read_snapshot(self)
+            assert state is not None
+        self._pstate_cache = (state, ident)
+        return state, ident
+
+    def _producer_records(
+        self, st: HeadState, pstate: ProducerState, producer_id: int, sequence: int, since: int
+    ) -> int:
+        from sluice.log.producer_state import ProducerStateUnknownError
+
+        known, scan_from = 0, since
+        if since < pstate.covered:
+            n = pstate.count(producer_id, sequence, since)
+            if n is not None:
+                known, scan_from = n, pstate.covered
+            else:
+                bases = list_segments(self.dir)
+                start = bases[0] if bases else st.active_base
+                if since < start or self.config.compact:
+                    raise ProducerStateUnknownError(
+                        f"partition {self.name} cannot tell how many records of producer "
+                        f"{producer_id:#x} with sequence {sequence} it holds from offset "
+                        f"{since}: records from there were removed (the log starts at "
+                        f"{start}{', compacted' if self.config.compact else ''}) and the "
+                        "producer state no longer knows that producer there (it expired "
+                        "after producer_expiration, used more than "
+                        f"{_recent_sequences()} sequences since, or the snapshot was lost)"
+                    )
+        return known + self._scan_producer_records(st, producer_id, sequence, scan_from)
+
+    def _scan_producer_records(
+        self, st: HeadState, producer_id: int, sequence: int, since: int
+    ) -> int:
         if since >= st.next_offset:
             return 0
         bases = list_segments(self.dir)
@@ -508,7 +596,7 @@ class Partition:
                 break
             try:
                 fd = os.open(self.segment_file(base), os.O_RDONLY)
-            except FileNotFoundError:  # deleted by retention meanwhile
+            except FileNotFoundError:  # deleted meanwhile: the caller sees the new snapshot
                 continue
             try:
                 end = st.active_end if base == st.active_base else os.fstat(fd).st_size
@@ -697,6 +785,12 @@ class Partition:
             if self._head is not None:
                 self._head.close()
                 self._head = None
+
+
+def _recent_sequences() -> int:
+    from sluice.log.producer_state import RECENT_SEQUENCES
+
+    return RECENT_SEQUENCES
 
 
 def iter_headers(fd: int, pos: int, end: int, chunk: int = 1 << 16) -> Iterator[BatchHeader]:

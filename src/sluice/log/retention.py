@@ -13,7 +13,9 @@ local copies are bounded by ``local_retention``/``local_retention_bytes``
 archive and local files together.
 
 :func:`maintain_partition` runs archiving, compaction and retention under the
-partition's cleaner lock. It runs after every segment roll (in the producing
+partition's cleaner lock, after bringing the producer-state snapshot
+(:mod:`sluice.log.producer_state`) up to the active segment, so that it covers
+whatever they remove. It runs after every segment roll (in the producing
 process) and on demand (``Log.maintain()``, ``sluice topic maintain``).
 """
 
@@ -33,6 +35,7 @@ from sluice.log.archive import (
 )
 from sluice.log.compaction import compact_partition
 from sluice.log.partition import Partition, now_ms
+from sluice.log.producer_state import refresh as refresh_producer_state
 from sluice.log.segment import list_segments
 
 
@@ -111,6 +114,8 @@ def maintain_partition(log: Any, partition: Partition, *, now: int | None = None
         ):
             partition.roll()  # an entirely expired active segment can go too
             st = partition.state()
+        # the producer state covers the closed segments before anything removes them
+        refresh_producer_state(partition, now=now)
         bases = list_segments(partition.dir)
         closed = [b for b in bases if b < st.active_base]
         if cfg.archive:

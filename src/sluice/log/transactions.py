@@ -21,8 +21,9 @@ transaction:
    checkpoint id), with ``fsync``, through
    :meth:`~sluice.log.partition.Partition.append_once`: under the partition's
    writer lock it first counts the records of that producer and sequence
-   already in the partition at offsets ``>= since`` (batch headers only, so
-   it reads a few bytes per batch appended since the prepare), and appends
+   already in the partition at offsets ``>= since`` (from the partition's
+   producer-state snapshot below the offset it covers, from the batch headers
+   after it: a few bytes per batch appended since), and appends
    only the records still missing. Repeating a commit therefore changes
    nothing, and a commit cut short anywhere (between two partitions, or in
    the middle of one at a segment roll) is completed by the next attempt.
@@ -30,10 +31,14 @@ transaction:
 
 Only ``since`` is scanned, so a batch of the same producer and sequence
 written before the prepare (by an earlier run that reused a checkpoint id)
-can never be mistaken for this one. What the scan cannot see are records
-removed between the commit and its repetition: whole local segments deleted
-by retention (or moved to the archive) in that window, and batches that
-compaction emptied completely. Those records would be appended again.
+can never be mistaken for this one. Records removed between the commit and
+its repetition (segments deleted by retention or moved to the archive,
+batches emptied by compaction) are still counted: the producer-state snapshot
+(:mod:`sluice.log.producer_state`) covers them before they are removed. When
+it cannot tell (the producer id expired, or the snapshot was lost with the
+records), the commit raises
+:class:`~sluice.log.producer_state.ProducerStateUnknownError` instead of
+appending them again.
 """
 
 from __future__ import annotations

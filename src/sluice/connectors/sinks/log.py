@@ -25,9 +25,12 @@ In a checkpointing job the sink is **exactly-once** (two-phase commit over
   in batches carrying the producer id and the sequence, fsync'd, after
   counting under the partition's writer lock how many records of that
   producer and sequence the partition already has past the recorded end
-  offset; only the missing ones are appended. Then the staging file is
-  deleted. A repeated or interrupted commit therefore ends with every record
-  in the topic once.
+  offset (records retention removed since are counted from the partition's
+  producer-state snapshot, :mod:`sluice.log.producer_state`); only the
+  missing ones are appended. Then the staging file is deleted. A repeated or
+  interrupted commit therefore ends with every record in the topic once, or
+  fails the job when the partition cannot tell (restored after the topic's
+  ``producer_expiration``).
 - *Recovery* (:meth:`LogSink.recover`, restoring a checkpoint): the
   checkpoint's transactions are committed (idempotently), and every other
   staged file of the sink is deleted: its rows are replayed.
@@ -59,6 +62,7 @@ from sluice.connectors.sinks.files import parse_size
 from sluice.errors import JobError
 from sluice.log.config import fsync_dir
 from sluice.log.producer import Fsync, Producer
+from sluice.log.producer_state import ProducerStateUnknownError
 from sluice.log.topic import Log
 from sluice.log.transactions import (
     StagedDataLostError,
@@ -313,6 +317,13 @@ class LogSink(Sink):
                     f"log sink {self.name!r}: {e}. Were files deleted from {directory}, or was "
                     "the job restored after its transaction_timeout? Its output of that "
                     "checkpoint cannot be completed; delete the checkpoint to start over"
+                ) from e
+            except ProducerStateUnknownError as e:
+                raise JobError(
+                    f"log sink {self.name!r}: {e}. Appending the records of checkpoint "
+                    f"{staged.sequence} again could duplicate them, so the commit stops here; "
+                    "delete the checkpoint to start over (the topic may then hold that output "
+                    "twice), or restore the job within the topic's producer_expiration"
                 ) from e
 
     def recover(self, committed: list[dict[str, Any]]) -> None:
