@@ -13,6 +13,7 @@ from sluice.connectors.sources.files import (
 from sluice.connectors.sources.generator import GeneratorSource, generator, synthetic
 from sluice.connectors.sources.log import LogSource, log
 from sluice.connectors.sources.memory import IteratorSource, MemorySource, memory
+from sluice.nexmark.source import NexmarkSource, nexmark
 
 __all__ = [
     "CsvSource",
@@ -22,6 +23,7 @@ __all__ = [
     "JsonlSource",
     "LogSource",
     "MemorySource",
+    "NexmarkSource",
     "ParquetSource",
     "csv",
     "files",
@@ -29,6 +31,7 @@ __all__ = [
     "jsonl",
     "log",
     "memory",
+    "nexmark",
     "parquet",
     "synthetic",
 ]

@@ -13,6 +13,7 @@ import typer
 
 import sluice
 from sluice.cli.checkpoints import checkpoints_app, savepoint
+from sluice.cli.nexmark import nexmark_app
 from sluice.cli.plan import plan
 from sluice.cli.run import run
 from sluice.cli.topic import register as register_log_commands
@@ -29,6 +30,7 @@ app.command()(run)
 app.command()(plan)
 app.command()(savepoint)
 app.add_typer(checkpoints_app)
+app.add_typer(nexmark_app)
 register_log_commands(app)
 
 

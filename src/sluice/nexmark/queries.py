@@ -1,0 +1,766 @@
+"""The Nexmark queries, written with the Python API.
+
+Semantics follow the nexmark-flink SQL queries (``queries/qN.sql``): the same
+window kinds, sizes and slides, join conditions and output columns in the same
+order, named in snake_case. Each query is a function of a :class:`NexmarkInput`
+(the person, auction and bid streams) returning the result stream.
+
+>>> import sluice as sl
+>>> from sluice.nexmark.queries import QUERIES, NexmarkInput
+>>> flow = sl.Flow("q2")
+>>> out = sl.sinks.collect()
+>>> QUERIES["q2"].build(NexmarkInput.generated(flow, events=5_000)).sink(out)
+>>> _ = flow.run()
+>>> out.to_polars().columns
+['auction', 'price']
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from sluice.errors import ConfigError
+
+#: The side input of q13: ``key,value`` rows for keys 0..9999 (nexmark-flink's
+#: ``side_input.txt``: ``i,i``), shipped with the package.
+SIDE_INPUT = Path(__file__).with_name("side_input.csv")
+
+#: nexmark-flink's watermark: ``date_time - 4 s``.
+WATERMARK = "4s"
+
+_STREAMS = ("person", "auction", "bid")
+
+
+class NexmarkInput:
+    """The three Nexmark streams of one flow, created on first use.
+
+    :meth:`generated` generates events inside the flow (one combined source,
+    filtered into the three streams, as nexmark-flink does); :meth:`files`
+    reads the Parquet files written by ``sluice nexmark generate``.
+    """
+
+    def __init__(self, flow: Any, make: Callable[[str], Any]) -> None:
+        self.flow = flow
+        self._make = make
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def generated(
+        cls,
+        flow: Any,
+        *,
+        events: int,
+        seed: int = 0,
+        rate: float | None = None,
+        max_rate: float | None = None,
+    ) -> NexmarkInput:
+        from sluice.nexmark import source as nsrc
+
+        kw: dict[str, Any] = {"seed": seed, "max_rate": max_rate}
+        if rate is not None:
+            kw["rate"] = rate
+        combined: list[Any] = []
+
+        def make(kind: str) -> Any:
+            if not combined:
+                combined.append(
+                    flow.source(
+                        nsrc.nexmark(events=events, **kw),
+                        name="nexmark",
+                        time="date_time",
+                        watermark=WATERMARK,
+                    )
+                )
+            split = {"person": nsrc.persons, "auction": nsrc.auctions, "bid": nsrc.bids}[kind]
+            return split(combined[0])
+
+        return cls(flow, make)
+
+    @classmethod
+    def files(
+        cls,
+        flow: Any,
+        data_dir: str | os.PathLike[str],
+        columns: dict[str, list[str]] | None = None,
+    ) -> NexmarkInput:
+        """Read ``person|auction|bid.parquet`` in ``data_dir``; ``columns`` reads
+        only those columns of each stream (projection pushdown)."""
+        from sluice.connectors.sources.files import parquet
+
+        d = Path(data_dir)
+        if not d.is_dir():
+            raise ConfigError(f"nexmark: input directory {str(d)!r} does not exist")
+
+        def make(kind: str) -> Any:
+            p = d / f"{kind}.parquet"
+            if not p.exists():
+                raise ConfigError(
+                    f"nexmark: {str(p)!r} is missing (write it with `sluice nexmark generate`)"
+                )
+            cols = (columns or {}).get(kind)
+            return flow.source(
+                parquet(p, columns=cols), name=kind, time="date_time", watermark=WATERMARK
+            )
+
+        return cls(flow, make)
+
+    def _get(self, kind: str) -> Any:
+        if kind not in self._cache:
+            self._cache[kind] = self._make(kind)
+        return self._cache[kind]
+
+    @property
+    def person(self) -> Any:
+        return self._get("person")
+
+    @property
+    def auction(self) -> Any:
+        return self._get("auction")
+
+    @property
+    def bid(self) -> Any:
+        return self._get("bid")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One Nexmark query: ``build(input) -> result stream``."""
+
+    name: str
+    title: str
+    build: Callable[[NexmarkInput], Any]
+    #: False where results depend on processing time (q12)
+    deterministic: bool = True
+    #: the query writes its own output (q10's partitioned files) given a directory
+    sink: Callable[[Any, Path], None] | None = None
+    #: the columns the query reads per stream (read from files with pushdown)
+    columns: dict[str, list[str]] | None = None
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _sl() -> Any:
+    import sluice as sl
+
+    return sl
+
+
+def _day(col: str = "window_start") -> pl.Expr:
+    return pl.col(col).dt.strftime("%Y-%m-%d")
+
+
+def _ranks() -> dict[str, pl.Expr]:
+    p = pl.col("price")
+    return {
+        "r1": p < 10_000,
+        "r2": (p >= 10_000) & (p < 1_000_000),
+        "r3": p >= 1_000_000,
+    }
+
+
+def _rank_columns(distinct: bool) -> dict[str, pl.Expr]:
+    """Columns that are non-null only in a price rank (FILTER (WHERE ...))."""
+    cols: dict[str, pl.Expr] = {}
+    for r, cond in _ranks().items():
+        cols[f"{r}_one"] = pl.when(cond).then(pl.lit(1))
+        if distinct:
+            cols[f"{r}_bidder"] = pl.when(cond).then(pl.col("bidder"))
+            cols[f"{r}_auction"] = pl.when(cond).then(pl.col("auction"))
+    return cols
+
+
+def _rank_aggs(distinct: bool) -> dict[str, Any]:
+    agg = _sl().agg
+    out: dict[str, Any] = {"total_bids": agg.count()}
+    for i in (1, 2, 3):
+        out[f"rank{i}_bids"] = agg.count(f"r{i}_one")
+    if distinct:
+        out["total_bidders"] = agg.count_distinct("bidder")
+        for i in (1, 2, 3):
+            out[f"rank{i}_bidders"] = agg.count_distinct(f"r{i}_bidder")
+        out["total_auctions"] = agg.count_distinct("auction")
+        for i in (1, 2, 3):
+            out[f"rank{i}_auctions"] = agg.count_distinct(f"r{i}_auction")
+    return out
+
+
+# -- the queries -----------------------------------------------------------------------------
+def q0(n: NexmarkInput) -> Any:
+    """Pass-through: measures the source and sink."""
+    return n.bid.select("auction", "bidder", "price", "date_time", "extra")
+
+
+def q1(n: NexmarkInput) -> Any:
+    """Currency conversion: prices in euro (``0.908 * price``)."""
+    return n.bid.select(
+        "auction", "bidder", (pl.col("price") * 0.908).alias("price"), "date_time", "extra"
+    )
+
+
+def q2(n: NexmarkInput) -> Any:
+    """Selection: bids on auctions whose id is a multiple of 123."""
+    return n.bid.filter(pl.col("auction") % 123 == 0).select("auction", "price")
+
+
+def q3(n: NexmarkInput) -> Any:
+    """Local item suggestion: sellers in OR, ID or CA of category-10 auctions
+    (a regular join of unbounded streams)."""
+    a = n.auction.filter(pl.col("category") == 10).select("id", "seller")
+    p = n.person.filter(pl.col("state").is_in(["OR", "ID", "CA"])).select(
+        pl.col("id").alias("pid"), "name", "city", "state"
+    )
+    return a.join(p, left_on="seller", right_on="pid").select("name", "city", "state", "id")
+
+
+def _winning_candidates(n: NexmarkInput, auction_columns: list[str]) -> Any:
+    """Auctions joined with their bids placed while the auction was open
+    (``B.date_time BETWEEN A.date_time AND A.expires``)."""
+    a = n.auction.select(*auction_columns)
+    b = n.bid.select(
+        "auction",
+        "bidder",
+        "price",
+        pl.col("date_time").alias("bid_date_time"),
+        pl.col("extra").alias("bid_extra"),
+    )
+    return a.join(b, left_on="id", right_on="auction").filter(
+        pl.col("bid_date_time").is_between(pl.col("date_time"), pl.col("expires"))
+    )
+
+
+def q4(n: NexmarkInput) -> Any:
+    """Average price per category of the winning bids (the highest bid while
+    the auction was open). An upsert stream keyed by ``id`` (the category):
+    the averages are updated as bids arrive. ``final`` is BIGINT, as Flink's
+    ``AVG`` of a BIGINT (truncated)."""
+    sl = _sl()
+    won = (
+        _winning_candidates(n, ["id", "category", "date_time", "expires"])
+        .key_by("id", "category")
+        .agg(final=sl.agg.max("price"))
+    )
+    return (
+        won.key_by("category")
+        .agg(_sum=sl.agg.sum("final"), _n=sl.agg.count("final"))
+        .select(pl.col("category").alias("id"), (pl.col("_sum") // pl.col("_n")).alias("final"))
+        .with_upsert_key("id")
+    )
+
+
+_AUCTION = [
+    "id",
+    "item_name",
+    "description",
+    "initial_bid",
+    "reserve",
+    "date_time",
+    "expires",
+    "seller",
+    "category",
+    "extra",
+]
+
+
+def q9(n: NexmarkInput) -> Any:
+    """Winning bids: every auction with its highest bid while it was open
+    (earliest first among equal prices). An upsert stream keyed by ``id``."""
+    return (
+        _winning_candidates(n, _AUCTION)
+        .key_by("id")
+        .top_n(1, ["price", "bid_date_time"], descending=[True, False], rank=None)
+        .select(
+            *_AUCTION,
+            pl.col("id").alias("auction"),
+            "bidder",
+            "price",
+            "bid_date_time",
+            "bid_extra",
+        )
+        .with_upsert_key("id")
+    )
+
+
+_BID = ["auction", "bidder", "price", "channel", "url", "date_time", "extra"]
+
+
+def q18(n: NexmarkInput) -> Any:
+    """The last bid of every (bidder, auction): an upsert stream keyed by them."""
+    return (
+        n.bid.key_by("bidder", "auction")
+        .top_n(1, "date_time", descending=True, rank=None)
+        .select(*_BID)
+    )
+
+
+def q19(n: NexmarkInput) -> Any:
+    """The 10 highest bids of every auction, with their ``rank_number``: an
+    upsert stream keyed by (auction, rank_number)."""
+    return (
+        n.bid.key_by("auction")
+        .top_n(10, "price", descending=True, rank="rank_number")
+        .select(*_BID, "rank_number")
+    )
+
+
+def q5(n: NexmarkInput) -> Any:
+    """Hot items: auctions with the most bids in each 10 s window sliding by 2 s
+    (ties included)."""
+    sl = _sl()
+    hop = sl.windows.sliding("10s", "2s")
+    counts = n.bid.key_by("auction").window(hop).agg(num=sl.agg.count())
+    # the max per hop window: all counts of a window carry the time window_end - 1,
+    # so a tumbling window of the slide groups exactly one hop window's counts
+    maxes = (
+        counts.select(pl.col("window_start").alias("ws"), pl.col("window_end").alias("we"), "num")
+        .key_by("ws", "we")
+        .window(sl.windows.tumbling("2s"))
+        .agg(maxn=sl.agg.max("num"))
+        .select(pl.col("ws").alias("window_start"), pl.col("we").alias("window_end"), "maxn")
+    )
+    return (
+        counts.window_join(maxes).filter(pl.col("num") >= pl.col("maxn")).select("auction", "num")
+    )
+
+
+def q7(n: NexmarkInput) -> Any:
+    """Highest bid: bids whose price is the maximum of their 10 s tumbling
+    window (``B.date_time BETWEEN window_end - 10 s AND window_end``)."""
+    sl = _sl()
+    maxes = (
+        n.bid.window(sl.windows.tumbling("10s"))
+        .agg(maxprice=sl.agg.max("price"))
+        .select("maxprice", "window_end")
+    )
+    # a window result's event time is window_end - 1 ms, so the SQL condition
+    # window_end - 10 s <= bid time <= window_end is: result time in
+    # [bid time - 1 ms, bid time + 10 s - 1 ms]
+    return n.bid.interval_join(
+        maxes, left_on="price", right_on="maxprice", lower=-1, upper=9_999
+    ).select("auction", "price", "bidder", "date_time", "extra")
+
+
+def q8(n: NexmarkInput) -> Any:
+    """Monitor new users: people who created an auction in the 10 s tumbling
+    window in which they registered."""
+    sl = _sl()
+    w = sl.windows.tumbling("10s")
+    p = n.person.key_by("id", "name").window(w).agg(_n=sl.agg.count())
+    a = n.auction.key_by("seller").window(w).agg(_n=sl.agg.count())
+    return (
+        p.select("id", "name", "window_start", "window_end")
+        .window_join(
+            a.select("seller", "window_start", "window_end"), left_on="id", right_on="seller"
+        )
+        .select("id", "name", pl.col("window_start").alias("stime"))
+    )
+
+
+def q11(n: NexmarkInput) -> Any:
+    """User sessions: bids per bidder per session (10 s gap)."""
+    sl = _sl()
+    return (
+        n.bid.key_by("bidder")
+        .window(sl.windows.session("10s"))
+        .agg(bid_count=sl.agg.count())
+        .select(
+            "bidder",
+            "bid_count",
+            pl.col("window_start").alias("starttime"),
+            pl.col("window_end").alias("endtime"),
+        )
+    )
+
+
+def q12(n: NexmarkInput) -> Any:
+    """Processing-time windows: bids per bidder per 10 s of processing time."""
+    sl = _sl()
+    return (
+        n.bid.key_by("bidder")
+        .window(sl.windows.tumbling("10s", time="processing"))
+        .agg(bid_count=sl.agg.count())
+        .select(
+            "bidder",
+            "bid_count",
+            pl.col("window_start").alias("starttime"),
+            pl.col("window_end").alias("endtime"),
+        )
+    )
+
+
+def side_input() -> pl.DataFrame:
+    """q13's side input table (``key`` BIGINT, ``value`` VARCHAR)."""
+    return pl.read_csv(SIDE_INPUT, schema={"key": pl.Int64, "value": pl.Utf8})
+
+
+def q13(n: NexmarkInput) -> Any:
+    """Bounded side input join: bids joined with a static table on ``auction % 10000``."""
+    return (
+        n.bid.with_columns((pl.col("auction") % 10_000).alias("_key"))
+        .lookup_join(side_input(), left_on="_key", right_on="key")
+        .select("auction", "bidder", "price", "date_time", "value")
+    )
+
+
+def q14(n: NexmarkInput) -> Any:
+    """Calculation: euro prices in a range, day/night, and the number of 'c' in ``extra``."""
+    h = pl.col("date_time").dt.hour()
+    return (
+        n.bid.with_columns((pl.col("price") * 0.908).alias("_p"))
+        .filter((pl.col("_p") > 1_000_000) & (pl.col("_p") < 50_000_000))
+        .select(
+            "auction",
+            "bidder",
+            pl.col("_p").alias("price"),
+            pl.when((h >= 8) & (h <= 18))
+            .then(pl.lit("dayTime"))
+            .when((h <= 6) | (h >= 20))
+            .then(pl.lit("nightTime"))
+            .otherwise(pl.lit("otherTime"))
+            .alias("bid_time_type"),
+            "date_time",
+            "extra",
+            pl.col("extra").str.count_matches("c", literal=True).cast(pl.Int64).alias("c_counts"),
+        )
+    )
+
+
+_RANKED = [
+    "total_bids",
+    "rank1_bids",
+    "rank2_bids",
+    "rank3_bids",
+    "total_bidders",
+    "rank1_bidders",
+    "rank2_bidders",
+    "rank3_bidders",
+    "total_auctions",
+    "rank1_auctions",
+    "rank2_auctions",
+    "rank3_auctions",
+]
+
+
+def q15(n: NexmarkInput) -> Any:
+    """Bidding statistics per day: bids, bidders and auctions in three price ranks."""
+    sl = _sl()
+    return (
+        n.bid.with_columns(**_rank_columns(True))
+        .window(sl.windows.tumbling("1d"))
+        .agg(**_rank_aggs(True))
+        .select(_day().alias("day"), *_RANKED)
+    )
+
+
+def q16(n: NexmarkInput) -> Any:
+    """Channel statistics per day (q15 per channel, with the last minute seen)."""
+    sl = _sl()
+    return (
+        n.bid.with_columns(
+            pl.col("date_time").dt.strftime("%H:%M").alias("_minute"), **_rank_columns(True)
+        )
+        .key_by("channel")
+        .window(sl.windows.tumbling("1d"))
+        .agg(minute=sl.agg.max("_minute"), **_rank_aggs(True))
+        .select("channel", _day().alias("day"), "minute", *_RANKED)
+    )
+
+
+def q17(n: NexmarkInput) -> Any:
+    """Auction statistics per day: bids per rank and price statistics.
+
+    ``avg_price`` is BIGINT as in Flink (``AVG`` of a BIGINT truncates)."""
+    sl = _sl()
+    return (
+        n.bid.with_columns(**_rank_columns(False))
+        .key_by("auction")
+        .window(sl.windows.tumbling("1d"))
+        .agg(
+            **_rank_aggs(False),
+            min_price=sl.agg.min("price"),
+            max_price=sl.agg.max("price"),
+            sum_price=sl.agg.sum("price"),
+        )
+        .select(
+            "auction",
+            _day().alias("day"),
+            "total_bids",
+            "rank1_bids",
+            "rank2_bids",
+            "rank3_bids",
+            "min_price",
+            "max_price",
+            (pl.col("sum_price") // pl.col("total_bids")).alias("avg_price"),
+            "sum_price",
+        )
+    )
+
+
+def q20(n: NexmarkInput) -> Any:
+    """Expand bid with auction: bids joined with their category-10 auction."""
+    b = n.bid.select(
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        "url",
+        pl.col("date_time").alias("bid_date_time"),
+        pl.col("extra").alias("bid_extra"),
+    )
+    a = n.auction.filter(pl.col("category") == 10).select(
+        "id",
+        "item_name",
+        "description",
+        "initial_bid",
+        "reserve",
+        pl.col("date_time").alias("auction_date_time"),
+        "expires",
+        "seller",
+        "category",
+        pl.col("extra").alias("auction_extra"),
+    )
+    return b.join(a, left_on="auction", right_on="id")
+
+
+_CHANNEL_ID = r"(&|^)channel_id=([^&]*)"
+
+
+def q21(n: NexmarkInput) -> Any:
+    """Add channel id: from the channel name or parsed from the url."""
+    lc = pl.col("channel").str.to_lowercase()
+    cid = pl.col("url").str.extract(_CHANNEL_ID, 2)
+    return n.bid.filter(
+        cid.is_not_null() | lc.is_in(["apple", "google", "facebook", "baidu"])
+    ).select(
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        pl.when(lc == "apple")
+        .then(pl.lit("0"))
+        .when(lc == "google")
+        .then(pl.lit("1"))
+        .when(lc == "facebook")
+        .then(pl.lit("2"))
+        .when(lc == "baidu")
+        .then(pl.lit("3"))
+        .otherwise(cid)
+        .alias("channel_id"),
+    )
+
+
+def q22(n: NexmarkInput) -> Any:
+    """Get URL directories: ``SPLIT_INDEX(url, '/', 3..5)``."""
+    parts = pl.col("url").str.split("/")
+    return n.bid.select(
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        parts.list.get(3, null_on_oob=True).alias("dir1"),
+        parts.list.get(4, null_on_oob=True).alias("dir2"),
+        parts.list.get(5, null_on_oob=True).alias("dir3"),
+    )
+
+
+def q10_stream(n: NexmarkInput) -> Any:
+    """Log to file system: bids with their day and ``HH:mm`` partition columns."""
+    return n.bid.select(
+        "auction",
+        "bidder",
+        "price",
+        "date_time",
+        "extra",
+        pl.col("date_time").dt.strftime("%Y-%m-%d").alias("dt"),
+        pl.col("date_time").dt.strftime("%H:%M").alias("hm"),
+    )
+
+
+def _q10_sink(stream: Any, out: Path) -> None:
+    stream.sink(_sl().sinks.csv(out, partition_by=["dt", "hm"]), name="result")
+
+
+QUERIES: dict[str, Query] = {
+    q.name: q
+    for q in [
+        Query(
+            "q0",
+            "pass through",
+            q0,
+            columns={"bid": ["auction", "bidder", "price", "date_time", "extra"]},
+        ),
+        Query(
+            "q1",
+            "currency conversion",
+            q1,
+            columns={"bid": ["auction", "bidder", "price", "date_time", "extra"]},
+        ),
+        Query("q2", "selection", q2, columns={"bid": ["auction", "price", "date_time"]}),
+        Query(
+            "q3",
+            "local item suggestion (regular join)",
+            q3,
+            columns={
+                "auction": ["id", "seller", "category", "date_time"],
+                "person": ["id", "name", "city", "state", "date_time"],
+            },
+        ),
+        Query("q4", "average price per category (join, max, updating average)", q4),
+        Query("q5", "hot items (sliding windows)", q5, columns={"bid": ["auction", "date_time"]}),
+        Query(
+            "q7",
+            "highest bid (tumbling window + interval join)",
+            q7,
+            columns={"bid": ["auction", "bidder", "price", "date_time", "extra"]},
+        ),
+        Query(
+            "q8",
+            "monitor new users (window join)",
+            q8,
+            columns={"person": ["id", "name", "date_time"], "auction": ["seller", "date_time"]},
+        ),
+        Query("q9", "winning bids (join, top-1 per auction)", q9),
+        Query(
+            "q10",
+            "log to file system (partitioned)",
+            q10_stream,
+            sink=_q10_sink,
+            columns={"bid": ["auction", "bidder", "price", "date_time", "extra"]},
+        ),
+        Query(
+            "q11", "user sessions (session windows)", q11, columns={"bid": ["bidder", "date_time"]}
+        ),
+        Query(
+            "q12",
+            "processing-time windows",
+            q12,
+            deterministic=False,
+            columns={"bid": ["bidder", "date_time"]},
+        ),
+        Query(
+            "q13",
+            "bounded side input join (lookup join)",
+            q13,
+            columns={"bid": ["auction", "bidder", "price", "date_time"]},
+        ),
+        Query(
+            "q14",
+            "calculation",
+            q14,
+            columns={"bid": ["auction", "bidder", "price", "date_time", "extra"]},
+        ),
+        Query(
+            "q15",
+            "bidding statistics per day",
+            q15,
+            columns={"bid": ["auction", "bidder", "price", "date_time"]},
+        ),
+        Query(
+            "q16",
+            "channel statistics per day",
+            q16,
+            columns={"bid": ["auction", "bidder", "price", "channel", "date_time"]},
+        ),
+        Query(
+            "q17",
+            "auction statistics per day",
+            q17,
+            columns={"bid": ["auction", "price", "date_time"]},
+        ),
+        Query("q18", "last bid per bidder and auction (top-1)", q18),
+        Query("q19", "top 10 bids per auction (top-N)", q19),
+        Query("q20", "expand bid with auction (regular join)", q20),
+        Query(
+            "q21",
+            "add channel id",
+            q21,
+            columns={"bid": ["auction", "bidder", "price", "channel", "url", "date_time"]},
+        ),
+        Query(
+            "q22",
+            "get URL directories",
+            q22,
+            columns={"bid": ["auction", "bidder", "price", "channel", "url", "date_time"]},
+        ),
+    ]
+}
+
+
+def get(name: str) -> Query:
+    """The query called ``name`` (``"q5"`` or ``"5"``)."""
+    key = name.lower()
+    if not key.startswith("q"):
+        key = "q" + key
+    if key not in QUERIES:
+        raise ConfigError(f"nexmark: unknown query {name!r}; available: {', '.join(QUERIES)}")
+    return QUERIES[key]
+
+
+@dataclass
+class QueryRun:
+    """What :func:`run_query` measured."""
+
+    query: str
+    events: int
+    rows: int
+    seconds: float
+    result: Any
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def run_query(
+    query: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    events: int | None = None,
+    seed: int = 0,
+    parallelism: int = 1,
+    out: str | os.PathLike[str] | None = None,
+    sink: Any = None,
+    timeout: float | None = None,
+) -> QueryRun:
+    """Run one query on generated events and measure it.
+
+    Give ``events`` to generate that many events inside the flow, or
+    ``data_dir`` to read the Parquet files of ``sluice nexmark generate``.
+    Results go to ``sink``, else to ``out`` (a Parquet file; q10 a directory),
+    else are discarded (counted).
+    """
+    sl = _sl()
+    q = get(query)
+    if (events is None) == (data_dir is None):
+        raise ConfigError("nexmark: give either events= (generate) or data_dir= (Parquet files)")
+    flow = sl.Flow(f"nexmark-{q.name}", parallelism=parallelism)
+    if events is not None:
+        inp = NexmarkInput.generated(flow, events=events, seed=seed)
+        n_events = events
+    else:
+        assert data_dir is not None
+        inp = NexmarkInput.files(flow, data_dir, q.columns)
+        n_events = sum(
+            pl.scan_parquet(Path(data_dir) / f"{k}.parquet").select(pl.len()).collect().item()
+            for k in _STREAMS
+            if (Path(data_dir) / f"{k}.parquet").exists()
+        )
+    stream = q.build(inp)
+    if out is not None and q.sink is not None and sink is None:
+        q.sink(stream, Path(out))
+    else:
+        if sink is None:
+            sink = sl.sinks.parquet(out) if out is not None else sl.sinks.discard()
+        stream.sink(sink, name="result")
+    t0 = time.perf_counter()
+    result = flow.run(timeout=timeout)
+    dt = time.perf_counter() - t0
+    return QueryRun(q.name, n_events, result.metric("result", "records_in"), dt, result)
+
+
+__all__ = ["QUERIES", "SIDE_INPUT", "NexmarkInput", "Query", "QueryRun", "get", "run_query"]
