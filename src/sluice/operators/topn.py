@@ -40,7 +40,14 @@ def align_nulls(df: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
 
 
 class TopNOperator(Operator):
-    """Keeps the top ``n`` rows per key and emits the slots that changed."""
+    """Keeps the top ``n`` rows per key and emits the slots that changed.
+
+    The ranking works on a narrow *index* (key and sort columns, ``__seq``,
+    ``__rank``); the other columns of the rows in the top-N live in a *payload*
+    table keyed by ``__seq``, appended to as rows enter and compacted when half
+    of it is rows that left. So a batch copies only the narrow index, never the
+    wide rows (strings) of the whole state.
+    """
 
     def __init__(
         self,
@@ -60,9 +67,12 @@ class TopNOperator(Operator):
         self.descending = descending
         self.nulls_last = nulls_last
         self.rank = rank
-        self.state: pl.DataFrame | None = None
+        self.index: pl.DataFrame | None = None
+        self.payload: list[pl.DataFrame] = []
+        self._payload_rows = 0
         self.next_seq = 0
         self._checked = False
+        self._narrow: list[str] = []
 
     def _check(self, batch: pl.DataFrame) -> None:
         shown = [c for c in batch.columns if c != TIME]
@@ -77,26 +87,28 @@ class TopNOperator(Operator):
                 f"top_n: the rank column {self.rank!r} is already an input column; "
                 "pass another name with rank=..."
             )
+        self._narrow = list(dict.fromkeys([*self.keys, *self.by]))
         self._checked = True
 
     def process_batch(self, batch: pl.DataFrame) -> None:
         if not self._checked:
             self._check(batch)
         h = batch.height
-        b = batch.with_columns(
-            pl.int_range(self.next_seq, self.next_seq + h, dtype=pl.Int64).alias(SEQ)
-        )
+        start = self.next_seq  # rows with a smaller __seq were here before
+        b = batch.with_columns(pl.int_range(start, start + h, dtype=pl.Int64).alias(SEQ))
         self.next_seq += h
         keys = self.keys
-        start = self.next_seq - h  # rows with a smaller __seq were here before
+        bi = b.select(*self._narrow, SEQ)
         rest: pl.DataFrame | None = None
-        cand = b
-        if self.state is not None and self.state.height:
-            touched = align_nulls(b.select(keys).unique(), self.state)
-            old = self.state.join(touched, on=keys, how="semi", nulls_equal=True)
-            rest = self.state.join(touched, on=keys, how="anti", nulls_equal=True)
+        cand = bi
+        if self.index is not None and self.index.height:
+            touched = align_nulls(bi.select(keys).unique(), self.index)
+            old = self.index.join(touched, on=keys, how="semi", nulls_equal=True)
             if old.height:
-                cand = pl.concat([old.rename({RANK: PREV}), b], how="diagonal_relaxed")
+                rest = self.index.join(touched, on=keys, how="anti", nulls_equal=True)
+                cand = pl.concat([old.rename({RANK: PREV}), bi], how="diagonal_relaxed")
+            else:
+                rest = self.index
         top = (
             cand.sort(
                 [*self.by, SEQ],
@@ -108,37 +120,78 @@ class TopNOperator(Operator):
         )
         # a slot changed when its row is new, or an old row that moved to it
         # (slots are never emptied, so no other change is possible)
+        is_new = pl.col(SEQ) >= start
         if PREV in top.columns:
-            changed = top.filter((pl.col(SEQ) >= start) | (pl.col(PREV) != pl.col(RANK)))
+            changed = top.filter(is_new | (pl.col(PREV) != pl.col(RANK))).drop(PREV)
             top = top.drop(PREV)
         else:
             changed = top
-        if rest is not None and rest.height:
-            top = pl.concat([rest, top], how="diagonal_relaxed")
-        self.state = top
+        self.index = top if rest is None or not rest.height else pl.concat([rest, top])
+        entered = b.join(changed.filter(is_new).select(SEQ, RANK), on=SEQ, how="inner")
+        if entered.height:
+            self.payload.append(entered.drop(RANK))
+            self._payload_rows += entered.height
+        moved = changed.filter(~is_new).select(SEQ, RANK)
+        if moved.height:
+            wide = self._payload_frame().join(moved, on=SEQ, how="inner")
+            out_rows = pl.concat([entered, wide.select(entered.columns)])
+        else:
+            out_rows = entered
+        if self._payload_rows > 2 * self.index.height + 65_536:
+            self._compact()
+        cols = [c for c in batch.columns]
         if self.rank is None:
             # n == 1 (checked by the API): the upsert key is the key columns alone
-            out = changed.select(batch.columns)
+            out = out_rows.select(cols)
         else:
-            out = changed.select(*batch.columns, pl.col(RANK).alias(self.rank))
+            out = out_rows.select(*cols, pl.col(RANK).alias(self.rank))
         self.metrics.add("slots_updated", out.height)
         self.emit(out)
 
+    def _payload_frame(self) -> pl.DataFrame:
+        if len(self.payload) > 1:
+            self.payload = [pl.concat(self.payload, how="diagonal_relaxed")]
+        return self.payload[0]
+
+    def _compact(self) -> None:
+        """Drop the payload of rows that left the top-N."""
+        assert self.index is not None
+        live = self._payload_frame().join(self.index.select(SEQ), on=SEQ, how="semi")
+        self.payload = [live]
+        self._payload_rows = live.height
+
+    @property
+    def state(self) -> pl.DataFrame | None:
+        """The current top-N rows of every key (all columns, ``__seq``, ``__rank``)."""
+        if self.index is None or not self.index.height:
+            return None
+        wide = self._payload_frame()
+        return wide.join(self.index.select(SEQ, RANK), on=SEQ, how="inner")
+
     def state_rows(self) -> int:
         """Rows held (at most ``n`` per key seen)."""
-        return 0 if self.state is None else self.state.height
+        return 0 if self.index is None else self.index.height
 
     def snapshot_state(self) -> Snapshot:
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
-        if self.state is not None and self.state.height:
-            snap.keyed["top"] = self.state
+        st = self.state
+        if st is not None:
+            snap.keyed["top"] = st
         return snap
 
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
         st = snapshot.keyed.get("top")
-        self.state = st if st is not None and st.height else None
-        if self.state is not None:
-            # rows arriving from now on come after every restored row of their key
-            mx = self.state.get_column(SEQ).max()
-            self.next_seq = int(mx) + 1  # type: ignore[arg-type]
+        if st is None or not st.height:
+            return
+        if not self._narrow:
+            self._narrow = list(dict.fromkeys([*self.keys, *self.by]))
+        # the rows come from the old subtasks, each with its own arrival numbers:
+        # renumber them (a key's rows all come from one old subtask, so sorting by
+        # the old numbers keeps each key's order) so that __seq identifies a row
+        st = st.sort(SEQ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
+        self.index = st.select(*self._narrow, SEQ, RANK)
+        self.payload = [st.drop(RANK)]
+        self._payload_rows = st.height
+        # rows arriving from now on come after every restored row of their key
+        self.next_seq = st.height
