@@ -17,6 +17,18 @@ table lives in RocksDB, one row per (key, window), in window-end order
 pre-aggregated with Polars, merged with the stored rows of the windows it
 touches (one multi-get) and written back; a watermark fires a range scan of
 the windows it closes. Only a batch's worth of state is in memory at a time.
+
+Sliding windows (memory backend, event time) are sliced into panes of
+``gcd(size, slide)`` as in Flink's window aggregation, Arroyo and RisingWave:
+a row is pre-aggregated once, into its pane, the state is one row per
+(key, pane), and a firing merges the panes of the windows it closes (one
+``group_by`` over pane rows, never over input rows). Every window ending at
+or before ``_fired`` (the watermark, in practice) has fired; a late-but-allowed
+row updates its pane and re-fires, at once, every fired window still kept
+that holds the pane. Early firings emit the windows of the panes updated
+since the last early firing. Processing-time sliding windows, the RocksDB
+backend and aggregations whose merge depends on arrival order
+(``collect_list``, user aggregators) keep one row per (key, window).
 """
 
 from __future__ import annotations
@@ -26,9 +38,10 @@ from typing import Any
 
 import polars as pl
 
+from sluice.errors import JobError
 from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
-from sluice.operators.partials import Partials
+from sluice.operators.partials import PS, Panes, Partials
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.state.backends import open_backend
 from sluice.state.rocks_tables import WKEY, RocksWindowStore
@@ -37,6 +50,7 @@ from sluice.state.snapshot import Deferred, Snapshot
 from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
 
 WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
+UPD, FW = "__upd", "__fw"  # pane: version of its last update; snapshot: fired watermark
 _COMPACT_ROWS = 200_000
 _COMPACT_FRAMES = 16
 
@@ -77,6 +91,15 @@ class WindowOperator(Operator):
         self._final: Snapshot | None = None
         #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
         self.rocksdb_options: Any = None
+        #: Pane slicing of sliding windows (None: one state row per window).
+        self.panes: Panes | None = None
+        self.pgroup = [*keys, PS]
+        self._fired = MIN_TIME  # panes: every window with end - 1 <= this has fired
+        self._version = 0  # panes: batches added so far
+        self._early_at = 0  # panes: version at the last early firing
+        self._track = self.trigger is not None and bool(
+            self.trigger.on_update or self.trigger.every_ms
+        )
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
@@ -97,6 +120,14 @@ class WindowOperator(Operator):
             self.store = RocksWindowStore(
                 backend, self.keys, sessions=self.session, track_dirty=early
             )
+        spec = self.spec
+        if (
+            isinstance(spec, Sliding)
+            and not self.processing
+            and self.store is None
+            and self.partials.order_free
+        ):
+            self.panes = Panes(spec.size_ms, spec.slide_ms, spec.offset_ms)
         if self.trigger is not None and self.trigger.every_ms:
             self._schedule_periodic(ctx.now() + self.trigger.every_ms)
 
@@ -130,6 +161,9 @@ class WindowOperator(Operator):
 
     # -- data ------------------------------------------------------------------------
     def process_batch(self, batch: pl.DataFrame) -> None:
+        if self.panes is not None:
+            self._process_panes(batch, self.panes)
+            return
         if self.processing:
             batch = batch.with_columns(pl.lit(self.ctx.now() if self.ctx else 0).alias(TIME))
         assigned = self._assign(batch)
@@ -256,6 +290,10 @@ class WindowOperator(Operator):
 
     def _merge(self, allp: pl.DataFrame) -> pl.DataFrame:
         """Merge partials of the same window (sessions: of touching windows)."""
+        if self.panes is not None:
+            return self.partials.merge(
+                allp, self.pgroup, [pl.col(UPD).max()] if self._track else []
+            )
         flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
         if self.session:
             allp = (
@@ -273,6 +311,9 @@ class WindowOperator(Operator):
         return merged
 
     def _recompute_bounds(self) -> None:
+        if self.panes is not None:
+            self._recompute_pane_bounds(self.panes)
+            return
         if self.store is not None:
             self._recompute_stored_bounds()
             return
@@ -287,6 +328,9 @@ class WindowOperator(Operator):
         self.next_cleanup = min(int(mn) - 1 + self.lateness, MAX_TIME)  # type: ignore[arg-type]
 
     def _fire(self, wm: int) -> None:
+        if self.panes is not None:
+            self._fire_panes(wm, self.panes)
+            return
         if self.store is not None:
             self._fire_stored(wm)
             return
@@ -312,6 +356,9 @@ class WindowOperator(Operator):
         self._recompute_bounds()
 
     def _early_fire(self) -> None:
+        if self.panes is not None:
+            self._early_fire_panes(self.panes)
+            return
         if self.store is not None:
             self._early_fire_stored()
             return
@@ -343,6 +390,172 @@ class WindowOperator(Operator):
             tcol.alias(TIME),
         )
         self.emit(out)
+
+    # -- sliding windows by panes ----------------------------------------------------------
+    def _process_panes(self, batch: pl.DataFrame, p: Panes) -> None:
+        wm = self.watermark
+        rows = batch.with_columns(p.pane_start(pl.col(TIME)).alias(PS))
+        if wm > MIN_TIME:
+            tmin = batch.get_column(TIME).min()
+            # a row can only be late for a window when t <= wm - lateness
+            if tmin is not None and int(tmin) <= wm - self.lateness:  # type: ignore[arg-type]
+                rows = self._drop_late_panes(batch, rows, wm, p)
+                if rows.height == 0:
+                    return
+        part = self.partials.from_rows(rows, self.pgroup)
+        self._version += 1
+        if self._track:
+            part = part.with_columns(pl.lit(self._version, pl.Int64).alias(UPD))
+        self.pending.append(part)
+        self.pending_rows += part.height
+        nf, cl = part.select(
+            p.first_end_after(pl.col(PS), self._fired).min().alias("f"),
+            p.cleanup(pl.col(PS), self.lateness).min().alias("c"),
+        ).row(0)
+        if nf is not None and nf < self.next_fire:
+            self.next_fire = nf
+        if cl is not None and cl < self.next_cleanup:
+            self.next_cleanup = cl
+        fired = self._fired
+        if fired > MIN_TIME and (self.lateness or fired > wm):
+            # late-but-allowed rows: re-fire the kept, fired windows of their panes
+            kept_after = wm - self.lateness if wm > MIN_TIME else MIN_TIME
+            touched = part.filter(pl.col(PS) + (p.pane - 1) <= fired)
+            if touched.height:
+                targets = p.windows_of(touched, kept_after, fired).select(*self.keys, WS)
+                if targets.height:
+                    self._emit_windows(targets.unique(), kept_after, fired, p)
+        if self.trigger is not None and self.trigger.on_update:
+            self._early_fire()
+        elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
+            self._compact()
+
+    def _drop_late_panes(
+        self, batch: pl.DataFrame, rows: pl.DataFrame, wm: int, p: Panes
+    ) -> pl.DataFrame:
+        late, n = p.late_pairs(pl.col(TIME), wm, self.lateness)
+        m = batch.select(late.alias("l"), n.alias("n"))
+        el_late = m.get_column("l")
+        dropped_pairs = int(m.get_column("n").filter(~el_late).sum())
+        if dropped_pairs:
+            self.metrics.add("late_window_assignments_dropped", dropped_pairs)
+        if not el_late.any():
+            return rows
+        late_rows = batch.filter(el_late)
+        self.metrics.late_dropped += late_rows.height
+        self.output.emit_side("late", late_rows)
+        return rows.filter(~el_late)
+
+    def _emit_windows(self, targets: pl.DataFrame, after: int, upto: int, p: Panes) -> None:
+        """Emit the windows ``targets`` (keys, ``__ws``), all ending in ``(after, upto]``."""
+        self._compact()
+        st = self.state
+        if st is None or st.height == 0:
+            return
+        st = st.filter((pl.col(PS) + (p.pane - 1) <= upto) & (pl.col(PS) + (p.size - 1) > after))
+        if self.keys:
+            st = st.join(targets.select(self.keys).unique(), on=self.keys, how="semi")
+        wins = p.windows_lazy(st.lazy(), after, upto).join(
+            targets.lazy(), on=[*self.keys, WS], how="semi"
+        )
+        res = self.partials.merge(wins, self.group)
+        if res.height:
+            self._emit_results(res)
+
+    def _fire_panes(self, wm: int, p: Panes) -> None:
+        # one query from the unmerged partials (state, then batches in arrival
+        # order) to the windows: merging a pane's partials and its windows'
+        # panes is one group_by; compaction then only keeps the panes still needed
+        frames = ([self.state] if self.state is not None else []) + self.pending
+        self.pending, self.pending_rows = [], 0
+        allp = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else None
+        allp = frames[0] if allp is None and frames else allp
+        after = self._fired
+        if allp is not None and allp.height and wm > after:
+            ps = pl.col(PS)
+            due = allp.lazy().filter((ps + (p.pane - 1) <= wm) & (ps + (p.size - 1) > after))
+            wins = self.partials.merge(p.windows_lazy(due, after, wm), self.group)
+            if wins.height:
+                self._emit_results(wins)
+        self._fired = max(after, wm)
+        if allp is not None:
+            if wm == MAX_TIME:
+                self.state = allp.clear()
+            else:
+                keep = allp.filter(p.cleanup(pl.col(PS), self.lateness) > wm)
+                self.state = self._merge(keep) if len(frames) > 1 else keep
+        self._recompute_bounds()
+
+    def _early_fire_panes(self, p: Panes) -> None:
+        self._compact()
+        st = self.state
+        since, self._early_at = self._early_at, self._version
+        if st is None or st.height == 0:
+            return
+        dirty = st.filter(pl.col(UPD) > since)
+        if dirty.height == 0:
+            return
+        targets = p.windows_of(dirty, self._fired).select(*self.keys, WS)
+        if targets.height:
+            self._emit_windows(targets.unique(), self._fired, MAX_TIME, p)
+
+    def _recompute_pane_bounds(self, p: Panes) -> None:
+        st = self.state
+        if st is None or st.height == 0:
+            self.next_fire = self.next_cleanup = MAX_TIME
+            return
+        nf, cl = st.select(
+            p.first_end_after(pl.col(PS), self._fired).min().alias("f"),
+            p.cleanup(pl.col(PS), self.lateness).min().alias("c"),
+        ).row(0)
+        self.next_fire = MAX_TIME if nf is None else nf
+        self.next_cleanup = MAX_TIME if cl is None else cl
+
+    def _pane_snapshot(self, st: pl.DataFrame) -> pl.DataFrame:
+        """Pane rows plus what is not in them: the fired watermark, and (early
+        triggers) whether the pane changed since the last early firing."""
+        st = st.with_columns(pl.lit(self._fired, pl.Int64).alias(FW))
+        if self._track:
+            st = st.with_columns((pl.col(UPD) > self._early_at).alias(DIRTY)).drop(UPD)
+        return st
+
+    def _restore_panes(self, panes: pl.DataFrame) -> bool:
+        """Go on from a pane snapshot; False when this instance cannot (no pane
+        slicing here, or old subtasks that had fired up to different watermarks)."""
+        fws = panes.get_column(FW).unique()
+        if self.panes is None or fws.len() != 1:
+            return False
+        self._fired = int(fws[0])
+        st = panes.drop(FW)
+        dirty = pl.col(DIRTY) if DIRTY in st.columns else pl.lit(True)
+        if self._track:
+            st = st.with_columns(dirty.cast(pl.Int64).alias(UPD))
+            self._version, self._early_at = 1, 0
+        self.state = st.drop(DIRTY, strict=False)
+        self.pending = []
+        self.pending_rows = 0
+        self._recompute_bounds()
+        return True
+
+    def _windows_from_panes(self, panes: pl.DataFrame) -> pl.DataFrame:
+        """The one-row-per-window table of a pane snapshot (flags as the window
+        path keeps them): for a restore on the RocksDB backend, for instance."""
+        spec = self.spec
+        if not isinstance(spec, Sliding):
+            raise JobError(
+                f"window operator {self.name!r}: the checkpoint holds sliding-window panes "
+                f"but the job now has a {type(spec).__name__} window; restore it with the "
+                "window it was written with"
+            )
+        p = Panes(spec.size_ms, spec.slide_ms, spec.offset_ms)
+        dirty = pl.col(DIRTY) if DIRTY in panes.columns else pl.lit(True)
+        wins = p.windows_of(panes.with_columns(dirty.alias("__pd"))).filter(
+            pl.col(WE) - 1 + self.lateness > pl.col(FW)
+        )
+        fired = (pl.col(WE) - 1 <= pl.col(FW)).all().alias(FIRED)
+        merged = self.partials.merge(wins, self.group, [fired, pl.col("__pd").any().alias(DIRTY)])
+        merged = merged.with_columns((pl.col(DIRTY) & ~pl.col(FIRED)).alias(DIRTY))
+        return merged.select(*self.group, *self.partials.cols, DIRTY, FIRED)
 
     # -- state in RocksDB -----------------------------------------------------------------
     def _process_stored(self, part: pl.DataFrame, wm: int) -> None:
@@ -450,6 +663,8 @@ class WindowOperator(Operator):
             return
         if self.next_fire <= time or self.next_cleanup <= time:
             self._fire(time)
+        if self.panes is not None:
+            self._fired = max(self._fired, time)  # nothing else ended by now
 
     def _schedule_processing_fire(self) -> None:
         if self.next_fire < self._timer_at and self.ctx is not None:
@@ -494,12 +709,22 @@ class WindowOperator(Operator):
         self._compact()
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
         if self.state is not None and self.state.height:
-            (snap.keyed if self.keys else snap.tables)["windows"] = self.state
+            name, st = "windows", self.state
+            if self.panes is not None:
+                name, st = "panes", self._pane_snapshot(st)
+            (snap.keyed if self.keys else snap.tables)[name] = st
         return snap
 
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
+        panes = snapshot.keyed.get("panes", snapshot.tables.get("panes"))
+        if panes is not None and panes.height and self._restore_panes(panes):
+            return
         st = snapshot.keyed.get("windows", snapshot.tables.get("windows"))
+        if panes is not None and panes.height:
+            st = self._windows_from_panes(panes)
+        if st is not None and st.height:
+            self.panes = None  # this instance goes on with one row per window
         if st is not None and st.height and self.store is not None:
             self.store.restore(st)
             self._recompute_bounds()
