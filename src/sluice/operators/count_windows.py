@@ -6,17 +6,31 @@ aggregated once and windows are merged from pane partials (vectorized).
 Sliding count windows follow Flink's ``countWindow(size, slide)``: fire every
 ``slide`` rows over the last ``size`` rows (fewer at the start). Incomplete
 count windows do not fire at end of input (as in Flink).
+
+With the RocksDB state backend (``sl.Flow(state_backend="rocksdb")``) the
+per-key state (row counts and open panes) lives in RocksDB
+(:class:`sluice.state.rocks_tables.RocksCountStore`, one entry per key): a
+batch fetches its keys' state with one multi-get, runs the same Polars code as
+the memory path on it, and writes it back with one write batch, so memory does
+not grow with the number of keys. Snapshots are the same tables on both
+backends (either restores the other), built off the job's thread from a
+RocksDB checkpoint.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 from sluice.operators.aggregations import BoundAgg
-from sluice.operators.base import Operator
+from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import Partials
 from sluice.runtime.messages import TIME
-from sluice.state.snapshot import Snapshot
+from sluice.state.backends import open_backend
+from sluice.state.rocks_tables import RocksCountStore
+from sluice.state.rocksdb import RocksDBStateBackend
+from sluice.state.snapshot import Deferred, Snapshot
 from sluice.time.windows import Count, Global, WindowSpec
 
 PANE, N, TMAX, FIRE = "__pane", "__n", "__tmax", "__fire"
@@ -45,10 +59,44 @@ class CountWindowOperator(Operator):
         self.panes: pl.DataFrame | None = None
         self.counts: pl.DataFrame | None = None
         self._by = keys or ["__all"]
+        self.store: RocksCountStore | None = None
+        self._backend: RocksDBStateBackend | None = None
+        self._final: Snapshot | None = None
+        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
+        self.rocksdb_options: Any = None
+
+    def open(self, ctx: OperatorContext) -> None:
+        super().open(ctx)
+        conf = ctx.config
+        if (conf.get("state_backend") or "memory") != "memory":
+            backend = open_backend(
+                conf["state_backend"],
+                state_dir=conf.get("state_dir"),
+                operator=ctx.name,
+                subtask=ctx.subtask,
+                options=self.rocksdb_options or conf.get("rocksdb_options"),
+            )
+            assert isinstance(backend, RocksDBStateBackend)
+            self._backend = backend
+            self.store = RocksCountStore(backend, self._by)
 
     def process_batch(self, batch: pl.DataFrame) -> None:
         if not self.keys:
             batch = batch.with_columns(pl.lit(0).alias("__all"))
+        store = self.store
+        if store is None:
+            self._process(batch)
+            return
+        # the state of this batch's keys only: fetched, updated as in memory, written back
+        self.panes, self.counts = store.get(batch.select(self._by).unique())
+        try:
+            self._process(batch)
+            assert self.counts is not None
+            store.put(self.panes, self.counts)
+        finally:
+            self.panes = self.counts = None
+
+    def _process(self, batch: pl.DataFrame) -> None:
         by = self._by
         if TIME not in batch.columns:
             assert self.ctx is not None
@@ -129,6 +177,7 @@ class CountWindowOperator(Operator):
             # global window without purge: fold fired panes into one running pane (-1)
             p = (
                 self.panes.join(last, on=by, how="left")
+                .sort([*by, PANE])  # fold in arrival order (collect_list)
                 .with_columns(
                     pl.when(
                         pl.col("__last").is_not_null()
@@ -143,7 +192,26 @@ class CountWindowOperator(Operator):
             self.panes = self.partials.merge(p, [*by, PANE], [pl.col(N).sum(), pl.col(TMAX).max()])
 
     def snapshot_state(self) -> Snapshot:
+        return self._snapshot(None)
+
+    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
+        return self._snapshot(checkpoint_id)
+
+    def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
+        if self._final is not None:
+            return self._final
         snap = Snapshot(keys=self._by, watermark=self.watermark)
+        store = self.store
+        if store is not None and self._backend is not None:
+            if checkpoint_id is None or store.key_schema is None:
+                snap.keyed.update(store.tables())
+                return snap
+            # asynchronous: a RocksDB checkpoint now, scanned on the writer thread
+            copy = self._backend.checkpoint_copy(checkpoint_id)
+            reader = RocksCountStore(copy, self._by)
+            reader.key_schema, reader.pane_schema = store.key_schema, store.pane_schema
+            snap.deferred.append(Deferred(reader.tables, copy.close))
+            return snap
         if self.panes is not None and self.panes.height:
             snap.keyed["panes"] = self.panes
         if self.counts is not None and self.counts.height:
@@ -152,5 +220,20 @@ class CountWindowOperator(Operator):
 
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
-        self.panes = snapshot.keyed.get("panes")
-        self.counts = snapshot.keyed.get("counts")
+        panes = snapshot.keyed.get("panes")
+        counts = snapshot.keyed.get("counts")
+        if self.store is not None:
+            if counts is not None and counts.height:
+                self.store.restore(panes, counts)
+            return
+        self.panes = panes
+        self.counts = counts
+
+    def close(self) -> None:
+        if self._backend is None:
+            return
+        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
+            self._final = self.snapshot_state()  # still part of later checkpoints
+        self._backend.close()
+        self._backend = None
+        self.store = None

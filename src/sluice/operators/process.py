@@ -20,7 +20,8 @@ from sluice.state.backends import (
     open_backend,
 )
 from sluice.state.keyed import AnyState, ListState, MapState, StateClock, ValueState
-from sluice.state.snapshot import Snapshot
+from sluice.state.rocksdb import RocksDBStateBackend
+from sluice.state.snapshot import Deferred, Snapshot
 from sluice.state.tables import LABELS, StateTables
 from sluice.state.ttl import StateTtl, TtlTime
 from sluice.time.durations import Duration
@@ -195,6 +196,27 @@ class _OperatorClock(StateClock):
         now = self.now(time)
         t = op._event_time
         return now if t is None or t < now else t
+
+
+class _FrozenTtl:
+    """What :meth:`StateTables.write` asks of a state (its TTL, which entries are
+    expired, the write time of unstamped entries), fixed at the barrier so that
+    a snapshot built later on another thread sees the state as of the barrier."""
+
+    def __init__(self, st: AnyState) -> None:
+        self.ttl = st.ttl
+        self._st = st
+        self._now = st.now() if st.ttl is not None else 0
+        self._unstamped = st.written_for_snapshot(None)
+
+    def now(self) -> int:
+        return self._now
+
+    def expired_at(self, now: int) -> Any:
+        return self._st.expired_at(now)
+
+    def written_for_snapshot(self, written: int | None) -> int | None:
+        return self._unstamped if written is None else written
 
 
 #: Entries each TTL state checks for expiry per batch: a base plus a few per row,
@@ -446,6 +468,22 @@ class ProcessOperator(Operator):
             return self._final
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
         snap.keyed.update(self._tables.write(self.backend, self._states))
+        return snap
+
+    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
+        """On RocksDB, an asynchronous snapshot: at the barrier only a RocksDB
+        checkpoint (hard links) is taken; the checkpoint's writer thread scans
+        it into the same tables as :meth:`snapshot_state`, so the job is not
+        blocked for a time that grows with the state."""
+        backend = self.backend
+        if self._final is not None or not isinstance(backend, RocksDBStateBackend):
+            return self.snapshot_state()
+        copy = backend.checkpoint_copy(checkpoint_id)
+        tables = self._tables.detached()
+        # TTL expiry as of the barrier, not of the moment the writer gets to it
+        states = {n: _FrozenTtl(st) for n, st in self._states.items()}
+        snap = Snapshot(keys=self.keys, watermark=self.watermark)
+        snap.deferred.append(Deferred(lambda: tables.write(copy, states), copy.close))
         return snap
 
     def restore_state(self, snapshot: Snapshot) -> None:

@@ -15,6 +15,8 @@ Layout (one RocksDB per operator subtask)::
     b"D" <W key>           windows changed since their last early firing
     b"K" key               dedup: first-seen time (8 bytes) + the key's row
     b"T" expiry key        dedup: expiry index, in time order
+    b"C" key               count windows: the key, its row count and its open
+                           panes, one entry per key (a key's panes are few)
 
 Times are int64 + 2**63, big-endian: unsigned byte order is time order.
 """
@@ -379,4 +381,139 @@ class RocksDedupStore(_Store):
             self.put(df.slice(off, CHUNK))
 
 
-__all__ = ["CHUNK", "WKEY", "RocksDedupStore", "RocksWindowStore", "RowCodec", "key_bytes"]
+#: Column of the count-window tables: rows of the key seen so far.
+BASE = "__base"
+
+
+class RocksCountStore(_Store):
+    """Count-window state (:mod:`sluice.operators.count_windows`): per key one
+    entry holding the key's row count and its open panes (pane partials of the
+    rows of windows not fired yet), so a batch reads and writes only its keys.
+
+    The frames in and out are the memory path's tables: ``counts`` (key columns
+    + ``__base``) and ``panes`` (key columns, pane number, partials).
+    """
+
+    def __init__(self, backend: RocksDBStateBackend, keys: list[str]) -> None:
+        super().__init__(backend, keys)
+        self.key_schema: pl.Schema | None = None
+        self.pane_schema: pl.Schema | None = None
+
+    def learn(self, panes: pl.DataFrame | None, counts: pl.DataFrame) -> None:
+        if self.key_schema is None:
+            self.key_schema = counts.select(self.keys).schema
+        if self.pane_schema is None and panes is not None and panes.height:
+            self.pane_schema = panes.schema
+
+    def _rest(self) -> list[str]:
+        assert self.pane_schema is not None
+        return [c for c in self.pane_schema.names() if c not in self.keys]
+
+    def get(self, keys: pl.DataFrame) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        """``(panes, counts)`` of the stored keys among ``keys`` (unique rows);
+        None for a table without rows."""
+        if self.key_schema is None or keys.height == 0:
+            return None, None
+        vals = self._get([b"C" + kb for kb in key_bytes(keys, self.keys)])
+        return self._decode([v for v in vals if v is not None])
+
+    def _decode(self, blobs: list[bytes]) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        if not blobs:
+            return None, None
+        assert self.key_schema is not None
+        key_rows: list[tuple[Any, ...]] = []
+        bases: list[int] = []
+        pane_rows: list[tuple[Any, ...]] = []
+        for b in blobs:
+            key, base, panes = pickle.loads(b)
+            key_rows.append(key)
+            bases.append(base)
+            pane_rows.extend(key + p for p in panes)
+        counts = pl.DataFrame(key_rows, schema=self.key_schema, orient="row").with_columns(
+            pl.Series(BASE, bases, dtype=pl.Int64)
+        )
+        if not pane_rows:
+            return None, counts
+        assert self.pane_schema is not None
+        order = [*self.keys, *self._rest()]
+        schema = pl.Schema({c: self.pane_schema[c] for c in order})
+        panes = pl.DataFrame(pane_rows, schema=schema, orient="row")
+        return panes.select(self.pane_schema.names()), counts
+
+    def put(self, panes: pl.DataFrame | None, counts: pl.DataFrame) -> None:
+        """Replace the state of every key of ``counts`` by its count there and its
+        rows of ``panes`` (a key without rows in ``panes`` has no open pane)."""
+        if counts.height == 0:
+            return
+        self.learn(panes, counts)
+        by_key: dict[bytes, list[tuple[Any, ...]]] = {}
+        if panes is not None and panes.height:
+            rows = panes.select(self._rest()).iter_rows()
+            for kb, row in zip(key_bytes(panes, self.keys), rows, strict=True):
+                by_key.setdefault(kb, []).append(row)
+        self._put_counts(counts, by_key)
+
+    def _put_counts(self, counts: pl.DataFrame, by_key: dict[bytes, list[tuple[Any, ...]]]) -> None:
+        from rocksdict import WriteBatch
+
+        wb = WriteBatch(raw_mode=True)
+        kbs = key_bytes(counts, self.keys)
+        keys = counts.select(self.keys).iter_rows()
+        bases = counts.get_column(BASE).to_list()
+        for kb, key, base in zip(kbs, keys, bases, strict=True):
+            value = (key, base, by_key.get(kb, []))
+            wb.put(b"C" + kb, pickle.dumps(value, PICKLE_PROTOCOL))
+        self._write(wb)
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """Every key's state as the memory path's ``panes`` and ``counts`` tables."""
+        if self.key_schema is None:
+            return {}
+        panes: list[pl.DataFrame] = []
+        counts: list[pl.DataFrame] = []
+        blobs: list[bytes] = []
+
+        def flush() -> None:
+            p, c = self._decode(blobs)
+            if p is not None:
+                panes.append(p)
+            if c is not None:
+                counts.append(c)
+            blobs.clear()
+
+        for _, v in self._prefix(b"C"):
+            blobs.append(v)
+            if len(blobs) >= CHUNK:
+                flush()
+        flush()
+        out = {}
+        if panes:
+            out["panes"] = pl.concat(panes) if len(panes) > 1 else panes[0]
+        if counts:
+            out["counts"] = pl.concat(counts) if len(counts) > 1 else counts[0]
+        return out
+
+    def restore(self, panes: pl.DataFrame | None, counts: pl.DataFrame) -> None:
+        self.key_schema = self.pane_schema = None
+        self.learn(panes, counts)
+        by_key: dict[bytes, list[tuple[Any, ...]]] = {}
+        if panes is not None and panes.height:
+            for off in range(0, panes.height, CHUNK):
+                chunk = panes.slice(off, CHUNK)
+                rows = chunk.select(self._rest()).iter_rows()
+                for kb, row in zip(key_bytes(chunk, self.keys), rows, strict=True):
+                    by_key.setdefault(kb, []).append(row)
+        for off in range(0, counts.height, CHUNK):
+            self._put_counts(counts.slice(off, CHUNK), by_key)
+
+
+__all__ = [
+    "BASE",
+    "CHUNK",
+    "WKEY",
+    "RocksCountStore",
+    "RocksDedupStore",
+    "RocksWindowStore",
+    "RowCodec",
+    "key_bytes",
+]

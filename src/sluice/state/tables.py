@@ -22,13 +22,12 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Collection, Hashable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from sluice.errors import ConfigError
 from sluice.state.backends import PICKLE_PROTOCOL, StateBackend, StateKind, TimerKind
-from sluice.state.keyed import AnyState
 
 #: Rows per chunk when a snapshot scans the state (bounds transient memory).
 SNAPSHOT_CHUNK = 65_536
@@ -37,6 +36,21 @@ LABELS: dict[StateKind, str] = {"value": "value_state", "list": "list_state", "m
 TIMER_LABELS: dict[TimerKind, str] = {"event": "event_timers", "processing": "processing_timers"}
 #: The single table of checkpoints written by Sluice 0.1: whole values pickled.
 LEGACY_LABEL = "values"
+
+
+class SnapshotState(Protocol):
+    """What a snapshot asks of a declared state: its TTL (None without), which
+    write times are expired at a time, and the write time to record for entries
+    that have none. :class:`sluice.state.keyed.ValueState` and its kin are one."""
+
+    @property
+    def ttl(self) -> Any: ...
+
+    def now(self) -> int: ...
+
+    def expired_at(self, now: int) -> Any: ...
+
+    def written_for_snapshot(self, written: int | None) -> int | None: ...
 
 
 def _dumps(value: Any) -> bytes:
@@ -88,9 +102,17 @@ class StateTables:
             return df.get_column(self.keys[0]).to_list()
         return [tuple(r) for r in df.select(self.keys).iter_rows()]
 
+    def detached(self) -> StateTables:
+        """A copy for a snapshot built on another thread: later changes of this
+        one (key types learned, 0.1-format entries adopted) do not reach it."""
+        other = StateTables(self.keys, self.operator)
+        other.key_dtypes = dict(self.key_dtypes)
+        other.legacy = {n: list(entries) for n, entries in self.legacy.items()}
+        return other
+
     # -- snapshot ----------------------------------------------------------------------
     def write(
-        self, backend: StateBackend, states: Mapping[str, AnyState]
+        self, backend: StateBackend, states: Mapping[str, SnapshotState]
     ) -> dict[str, pl.DataFrame]:
         """The tables of ``backend``'s state; ``states`` are the declared ones
         (their TTL says which entries are expired)."""
@@ -125,7 +147,7 @@ class StateTables:
 
     @staticmethod
     def _rows(
-        backend: StateBackend, kind: StateKind, name: str, st: AnyState | None
+        backend: StateBackend, kind: StateKind, name: str, st: SnapshotState | None
     ) -> Iterator[tuple[Any, ...]]:
         """The live cells of one state as ``(key, state, [sub], ttl_ts, value)`` rows."""
         expired = st.expired_at(st.now()) if st is not None and st.ttl is not None else None
@@ -245,4 +267,4 @@ class StateTables:
         backend.kinds[name] = kind
 
 
-__all__ = ["LABELS", "SNAPSHOT_CHUNK", "TIMER_LABELS", "StateTables"]
+__all__ = ["LABELS", "SNAPSHOT_CHUNK", "TIMER_LABELS", "SnapshotState", "StateTables"]
