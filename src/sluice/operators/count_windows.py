@@ -27,7 +27,7 @@ from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import Partials
 from sluice.runtime.messages import TIME
-from sluice.state.backends import open_backend
+from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import RocksCountStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -67,16 +67,8 @@ class CountWindowOperator(Operator):
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
-        conf = ctx.config
-        if (conf.get("state_backend") or "memory") != "memory":
-            backend = open_backend(
-                conf["state_backend"],
-                state_dir=conf.get("state_dir"),
-                operator=ctx.name,
-                subtask=ctx.subtask,
-                options=self.rocksdb_options or conf.get("rocksdb_options"),
-            )
-            assert isinstance(backend, RocksDBStateBackend)
+        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
+        if backend is not None:
             self._backend = backend
             self.store = RocksCountStore(backend, self._by)
 

@@ -18,7 +18,7 @@ import polars as pl
 
 from sluice.operators.base import Operator, OperatorContext
 from sluice.runtime.messages import TIME
-from sluice.state.backends import open_backend
+from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import RocksDedupStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -43,16 +43,8 @@ class DedupOperator(Operator):
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
-        conf = ctx.config
-        if (conf.get("state_backend") or "memory") != "memory":
-            backend = open_backend(
-                conf["state_backend"],
-                state_dir=conf.get("state_dir"),
-                operator=ctx.name,
-                subtask=ctx.subtask,
-                options=self.rocksdb_options or conf.get("rocksdb_options"),
-            )
-            assert isinstance(backend, RocksDBStateBackend)
+        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
+        if backend is not None:
             self._backend = backend
             self.store = RocksDedupStore(backend, self.keys, self.within)
 

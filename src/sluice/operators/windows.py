@@ -43,7 +43,7 @@ from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import PS, Panes, Partials
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
-from sluice.state.backends import open_backend
+from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import WKEY, RocksWindowStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -103,16 +103,8 @@ class WindowOperator(Operator):
 
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
-        conf = ctx.config
-        if (conf.get("state_backend") or "memory") != "memory":
-            backend = open_backend(
-                conf["state_backend"],
-                state_dir=conf.get("state_dir"),
-                operator=ctx.name,
-                subtask=ctx.subtask,
-                options=self.rocksdb_options or conf.get("rocksdb_options"),
-            )
-            assert isinstance(backend, RocksDBStateBackend)
+        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
+        if backend is not None:
             self._backend = backend
             early = self.trigger is not None and bool(
                 self.trigger.on_update or self.trigger.every_ms

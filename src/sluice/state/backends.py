@@ -31,10 +31,13 @@ import os
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sluice.errors import ConfigError
 from sluice.state.timers import HeapTimerQueue, TimerQueue
+
+if TYPE_CHECKING:
+    from sluice.state.rocksdb import RocksDBStateBackend
 
 #: ``(written, value)``: the time of the last write (``None`` without TTL) and the value.
 Cell = tuple[int | None, Any]
@@ -411,6 +414,28 @@ def open_backend(
     )
 
 
+def rocksdb_for(
+    config: dict[str, Any], operator: str, subtask: int, options: Any = None
+) -> RocksDBStateBackend | None:
+    """The RocksDB backend of one operator subtask when the job's state backend
+    (``config["state_backend"]``) is RocksDB, else None (state stays in memory).
+    ``options`` (the operator's own) override the job's ``rocksdb_options``."""
+    name = config.get("state_backend") or "memory"
+    if name == "memory":
+        return None
+    backend = open_backend(
+        name,
+        state_dir=config.get("state_dir"),
+        operator=operator,
+        subtask=subtask,
+        options=options or config.get("rocksdb_options"),
+    )
+    from sluice.state.rocksdb import RocksDBStateBackend
+
+    assert isinstance(backend, RocksDBStateBackend)
+    return backend
+
+
 __all__ = [
     "Cell",
     "ListTable",
@@ -419,4 +444,5 @@ __all__ = [
     "StateBackend",
     "ValueTable",
     "open_backend",
+    "rocksdb_for",
 ]
