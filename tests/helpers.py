@@ -65,3 +65,25 @@ class StopAfter(sl.sinks.CollectSink):
 
         w.write = write  # type: ignore[method-assign]
         return w
+
+
+def rss_growth(script: str, backend: str, n: int, state_dir: Any) -> int:
+    """Run a memory-measuring ``script`` (``python -c script backend n state_dir``)
+    in a fresh interpreter, so other tests' allocations do not count; it prints
+    ``{"growth": bytes}`` as its last line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", script, backend, str(n), str(state_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+    )
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["growth"])

@@ -11,11 +11,7 @@ bounded with many keys.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from sluice.operators.base import Clock, Metrics, OperatorContext, TimerService
 from sluice.operators.count_windows import CountWindowOperator
 from sluice.state.snapshot import Snapshot
 from sluice.time.windows import Count, WindowSpec
+from tests.helpers import rss_growth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,15 +265,7 @@ _MEASURE = textwrap.dedent(
 
 
 def _rss_growth(backend: str, n: int, state_dir: Path) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, backend, str(n), str(state_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["growth"])
+    return rss_growth(_MEASURE, backend, n, state_dir)
 
 
 @pytest.mark.slow

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from sluice.errors import ConfigError, SluiceError
 from sluice.operators.process import ProcessOperator
 from sluice.state.rocksdb import RocksDBOptions, RocksDBStateBackend, decode_key, encode_key
 from sluice.state.snapshot import Snapshot
-from tests.helpers import run_collect, same_rows
+from tests.helpers import rss_growth, run_collect, same_rows
 from tests.test_checkpoint_restore import StopAfter, _build
 from tests.test_process import SessionAlert
 from tests.test_state_ttl import BACKENDS, Harness
@@ -382,15 +380,7 @@ _MEASURE = textwrap.dedent(
 
 
 def _rss_growth(backend: str, n: int, state_dir: Path) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, backend, str(n), str(state_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["growth"])
+    return rss_growth(_MEASURE, backend, n, state_dir)
 
 
 @pytest.mark.slow

@@ -33,10 +33,6 @@ def _rocksdb_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- RocksDB specifics -------------------------------------------------------------------------
 
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import textwrap  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,7 +40,7 @@ from pathlib import Path  # noqa: E402
 import polars as pl  # noqa: E402
 
 from sluice.runtime.checkpoint import CheckpointError, CheckpointStorage  # noqa: E402
-from tests.helpers import StopAfter, run_collect, same_rows  # noqa: E402
+from tests.helpers import StopAfter, rss_growth, run_collect, same_rows  # noqa: E402
 from tests.test_checkpoint_restore import _build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,15 +237,7 @@ _MEASURE = textwrap.dedent(
 
 
 def _rss_growth(backend: str, n: int, state_dir: Path) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, backend, str(n), str(state_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["growth"])
+    return rss_growth(_MEASURE, backend, n, state_dir)
 
 
 @pytest.mark.slow
