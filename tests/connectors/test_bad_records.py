@@ -158,3 +158,38 @@ def test_invalid_utf8_in_csv_is_a_bad_record(tmp_path: Path) -> None:
     good, bad = run_dead_letters(sl.sources.csv(path))
     assert good.rows() == [(1, "x"), (3, "z")]
     assert bad["line"].to_list() == [3] and "not valid utf-8" in bad["reason"][0]
+
+
+def test_corrupt_row_group_of_parquet_names_its_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    strings = [f"value-{i * 7919 % 100_003:06d}-{i}" for i in range(3000)]
+    pq.write_table(
+        pa.table({"x": list(range(3000)), "s": strings}),
+        path,
+        row_group_size=1000,
+        compression="zstd",
+    )
+    col = pq.ParquetFile(path).metadata.row_group(1).column(1)
+    data = bytearray(path.read_bytes())
+    for i in range(col.data_page_offset + 8, col.data_page_offset + col.total_compressed_size):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(sl.BadRecordError, match=rf"file {path}, line 1000: cannot read rows"):
+        run_to(sl.sources.parquet(path))
+    good, bad = run_dead_letters(sl.sources.parquet(path))
+    # the rows of the intact row groups go on; the unreadable ones are reported
+    # (a range per chunk), never dropped silently
+    assert good["x"].to_list()[:1000] == list(range(1000))
+    assert good["s"].to_list()[:1000] == strings[:1000]
+    assert bad["line"].to_list()[0] == 1000 and "rows 1000..1999" in bad["reason"][0]
+    reported = sum(
+        int(hi) - int(lo) + 1
+        for lo, hi in bad["reason"]
+        .str.extract_groups(r"rows (\d+)\.\.(\d+)")
+        .struct.unnest()
+        .rows()
+    )
+    assert good.height + reported == 3000

@@ -178,3 +178,46 @@ def test_a_key_that_first_appears_late_in_a_chunk_is_kept(tmp_path: Path) -> Non
     got = run_to(sl.sources.jsonl(path))
     assert got.equals(pl.read_ndjson(path, infer_schema_length=None))
     assert got["late"].drop_nulls().to_list() == ["here"]
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_parquet_reader_resumes_at_every_row_across_row_groups_and_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sluice.connectors.sources import files
+
+    monkeypatch.setattr(files, "_PARQUET_CHUNK_ROWS", chunk)
+    path = tmp_path / "g.parquet"
+    n = 95
+    with pq.ParquetWriter(path, pa.schema([("x", pa.int64()), ("s", pa.string())])) as w:
+        at = 0
+        for size in (10, 1, 33, 17, 34):  # uneven row groups
+            w.write_table(
+                pa.table({"x": range(at, at + size), "s": [f"r{i}" for i in range(at, at + size)]})
+            )
+            at += size
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5
+
+    def rest(reader: ParquetReader, max_rows: int) -> list[int]:
+        got: list[int] = []
+        while (b := reader.poll(max_rows)) is not None:
+            assert b.data.height <= max_rows
+            assert b.lines is not None and b.lines.tolist() == b.data["x"].to_list()
+            got += b.data["x"].to_list()
+        return got
+
+    for max_rows in (1, 4, 50):
+        (r,) = sl.sources.parquet(path, columns=["x"]).create_splits(1)
+        assert isinstance(r, ParquetReader)
+        r.open(ReaderContext("t"))
+        assert rest(r, max_rows) == list(range(n))
+    for start in range(n + 1):
+        (r,) = sl.sources.parquet(path).create_splits(1)
+        assert isinstance(r, ParquetReader)
+        r.open(ReaderContext("t"))
+        r.restore({"row": start})
+        assert rest(r, 6) == list(range(start, n))
+        assert r.position() == n
