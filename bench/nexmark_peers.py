@@ -17,10 +17,15 @@ timed) and run by:
   files).
 
 events/s = all generated events (person + auction + bid, as nexmark counts) / seconds.
+``decode-only/bytewax`` is Bytewax's time over the time Polars takes only to decode
+the columns the query reads (Sluice's worker measures it after its run): the highest
+sluice/bytewax ratio any engine reading these files could reach. On q0/q1 decoding
+the zstd ``extra`` strings is most of it; ``--compression lz4`` shows the same runs
+on files that decode about 3x faster.
 Each system's result row count is printed; they must agree (``check``) for the
 deterministic queries, or the benchmark measured different computations.
 
-    .venv/bin/python bench/nexmark_peers.py              # 10M events stateless, 2M stateful
+    .venv/bin/python bench/nexmark_peers.py              # 10M events (q0-q3, q8), 2M (others)
     .venv/bin/python bench/nexmark_peers.py --quick      # smoke run, 100k events
     .venv/bin/python bench/nexmark_peers.py --queries q5,q7 --json out.json
 """
@@ -46,14 +51,18 @@ FLINK_REQUIREMENTS = PEERS / "requirements-flink.txt"
 DEFAULT_QUERIES = ["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"]
 EXTRA_QUERIES = ["q4", "q9", "q15", "q16", "q17", "q18", "q19", "q20", "q21", "q22"]
 STATELESS = {"q0", "q1", "q2", "q21", "q22"}
+#: stateful queries cheap enough in every system to run on --events too (on 2M
+#: events Flink's fixed cost is most of their run, and Sluice's run lasts 0.05 s)
+LARGE = STATELESS | {"q3", "q8"}
 STREAMS = ("person", "auction", "bid")
 
 
 # -- input -----------------------------------------------------------------------------
-def prepare_data(events: int, seed: int, root: Path) -> Path:
-    """Generate ``events`` events once into ``root/nexmark-<events>-<seed>``: the three
-    Parquet files, the same tables as header-less CSV for Flink (``csv/<stream>/``)
-    and an empty copy of the CSV layout (``csv-empty/``). Reused when present."""
+def prepare_data(events: int, seed: int, root: Path, compression: str = "zstd") -> Path:
+    """Generate ``events`` events once into ``root/nexmark-<events>-<seed>[-<codec>]``:
+    the three Parquet files (``compression``), the same tables as header-less CSV for
+    Flink (``csv/<stream>/``) and an empty copy of the CSV layout (``csv-empty/``).
+    Reused when present."""
     import polars as pl
 
     try:
@@ -61,13 +70,13 @@ def prepare_data(events: int, seed: int, root: Path) -> Path:
     except ImportError as e:
         raise SystemExit(f"sluice.nexmark.generator is not importable ({e})") from e
 
-    d = root / f"nexmark-{events}-{seed}"
+    d = root / (f"nexmark-{events}-{seed}" + ("" if compression == "zstd" else f"-{compression}"))
     done = d / ".complete"
     if done.exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
     print(f"   generating {events:,} events (seed {seed}) into {d} ...", flush=True)
-    write_parquet(NexmarkConfig(events=events, seed=seed), d)
+    write_parquet(NexmarkConfig(events=events, seed=seed), d, compression=compression)
     for kind in STREAMS:
         for sub in ("csv", "csv-empty"):
             (d / sub / kind).mkdir(parents=True, exist_ok=True)
@@ -410,9 +419,30 @@ def sluice_available() -> str | None:
 
 
 # -- subprocess workers ------------------------------------------------------------------
+def decode_floor(query: str, data_dir: Path) -> float | None:
+    """Seconds to only decode the columns ``query`` reads from the Parquet files
+    (Polars, in this process, best of 3): the part of the run neither Sluice nor
+    Bytewax (which reads the files the same way) can avoid. None where the query
+    does not declare its columns."""
+    import polars as pl
+
+    from sluice.nexmark.queries import get
+
+    cols = get(query).columns
+    if not cols:
+        return None
+    best = float("inf")
+    for _ in range(3):
+        with measure() as t:
+            for kind, names in cols.items():
+                pl.read_parquet(data_dir / f"{kind}.parquet", columns=names)
+        best = min(best, t.wall_s)
+    return best
+
+
 def worker(args: argparse.Namespace) -> None:
     data = Path(args.data)
-    runs, rows, late = [], None, 0
+    runs, rows, late, floor = [], None, 0, None
     if args.worker == "sluice":
         import sluice.nexmark.queries  # noqa: F401 - imports are not timed (as for Bytewax)
     for _ in range(args.repeat):
@@ -422,7 +452,9 @@ def worker(args: argparse.Namespace) -> None:
         else:
             t, rows, late = run_bytewax(args.query, data, args.bytewax_batch)
         runs.append({"wall_s": t.wall_s, "cpu_s": t.cpu_s})
-    print("RESULT " + json.dumps({"runs": runs, "rows": rows, "late": late}))
+    if args.worker == "sluice":
+        floor = decode_floor(args.query, data)
+    print("RESULT " + json.dumps({"runs": runs, "rows": rows, "late": late, "floor_s": floor}))
 
 
 def spawn(args: argparse.Namespace, system: str, query: str, data: Path) -> dict[str, Any]:
@@ -499,6 +531,12 @@ def main() -> None:
         "--stateful-events", type=int, default=2_000_000, help="events, stateful queries"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compression",
+        default="zstd",
+        choices=["zstd", "lz4", "snappy", "uncompressed"],
+        help="codec of the generated Parquet input (read by Sluice and Bytewax)",
+    )
     p.add_argument("--data-root", type=Path, default=Path("/tmp/sluice-nexmark-peers"))
     p.add_argument("--repeat", type=int, default=1, help="runs per system (median shown)")
     p.add_argument("--parallelism", type=int, default=1, help="Sluice parallelism")
@@ -547,11 +585,11 @@ def main() -> None:
 
     by_size: dict[int, list[str]] = {}
     for q in queries:
-        by_size.setdefault(args.events if q in STATELESS else args.stateful_events, []).append(q)
+        by_size.setdefault(args.events if q in LARGE else args.stateful_events, []).append(q)
 
     results: dict[str, dict[str, Any]] = {}
     for n_events, qs in by_size.items():
-        data = prepare_data(n_events, args.seed, args.data_root)
+        data = prepare_data(n_events, args.seed, args.data_root, args.compression)
         events = total_events(data)
         flink = {} if "flink" in skip else run_flink(args, data, qs)
         for q in qs:
@@ -581,7 +619,12 @@ def main() -> None:
             if "sluice" not in skip:
                 s = spawn(args, "sluice", q, data)
                 m = median_run(s["runs"])
-                r["sluice"] = {**m, "events_per_s": events / m["wall_s"], "rows": s["rows"]}
+                r["sluice"] = {
+                    **m,
+                    "events_per_s": events / m["wall_s"],
+                    "rows": s["rows"],
+                    "floor_s": s.get("floor_s"),
+                }
             results[q] = r
             print(f"   {q}: {_short(r)}", flush=True)
     print()
@@ -620,6 +663,14 @@ def _short(r: dict[str, Any]) -> str:
     )
 
 
+def _ceiling(r: dict[str, Any]) -> str:
+    """Bytewax's wall time over the time to only decode the query's input columns:
+    the highest sluice/bytewax ratio any engine reading these files could reach."""
+    floor = r.get("sluice", {}).get("floor_s")
+    bw = r.get("bytewax", {}).get("wall_s")
+    return f"{bw / floor:.1f}x" if floor and bw else "-"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -638,6 +689,7 @@ def report(queries: list[str], results: dict[str, dict[str, Any]]) -> None:
                 sl if sl else "-",
                 _ratio(sl, fl),
                 _ratio(sl, bw),
+                _ceiling(r),
                 "/".join(str(_rows(r, s)) for s in ("flink", "bytewax", "sluice")),
                 _check(r),
             ]
@@ -651,6 +703,7 @@ def report(queries: list[str], results: dict[str, dict[str, Any]]) -> None:
             "sluice ev/s",
             "sluice/flink",
             "sluice/bytewax",
+            "decode-only/bytewax",
             "rows flink/bytewax/sluice",
             "check",
         ],
@@ -670,7 +723,10 @@ def report(queries: list[str], results: dict[str, dict[str, Any]]) -> None:
         for s in ("bytewax", "sluice"):
             x = results[q].get(s)
             if x:
-                print(f"   {s} {q}: wall {x['wall_s']:.2f} s, cpu {x['cpu_s']:.2f} s")
+                extra = (
+                    f", decoding its input alone {x['floor_s']:.2f} s" if x.get("floor_s") else ""
+                )
+                print(f"   {s} {q}: wall {x['wall_s']:.2f} s, cpu {x['cpu_s']:.2f} s{extra}")
     print(f"   bytewax: {BYTEWAX_MISSING}")
 
 
