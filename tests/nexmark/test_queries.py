@@ -15,9 +15,10 @@ import polars as pl
 import pytest
 
 import sluice as sl
+from sluice.nexmark import source as nsrc
 from sluice.nexmark.generator import NexmarkConfig, write_parquet
-from sluice.nexmark.queries import QUERIES, SIDE_INPUT, NexmarkInput, run_query
-from tests.helpers import same_rows
+from sluice.nexmark.queries import QUERIES, SIDE_INPUT, WATERMARK, NexmarkInput, run_query
+from tests.helpers import StopAfter, same_rows
 
 EVENTS = 6_000
 SEED = 7
@@ -132,6 +133,15 @@ SQL["q4"] = """
         WHERE B.date_time BETWEEN A.date_time AND A.expires
         GROUP BY A.id, A.category)
     GROUP BY category"""
+#: q6 on closed auctions (see the q6 docstring): per seller, in close order
+#: (expires, id), the average of the last 11 winning prices
+SQL["q6"] = """
+    WITH c AS (SELECT A.id, A.seller, A.expires, B.price FROM auction A JOIN bid B
+               ON A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires),
+    w AS (SELECT id, seller, expires, max(price) AS price FROM c GROUP BY id, seller, expires)
+    SELECT seller, CAST(sum(price) OVER f // count(*) OVER f AS BIGINT) AS avg_price
+    FROM w WINDOW f AS (PARTITION BY seller ORDER BY expires, id
+                        ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)"""
 SQL["q9"] = """
     SELECT id, item_name, description, initial_bid, reserve, date_time, expires, seller,
         category, extra, auction, bidder, price, bid_date_time, bid_extra
@@ -283,3 +293,102 @@ def test_run_query_measures(data: Path) -> None:
 def test_unknown_query() -> None:
     with pytest.raises(sl.ConfigError, match="unknown query 'q99'"):
         run_query("q99", events=10)
+
+
+# -- q6: a hand-written case against a brute force, and a stop/resume --------------------------
+_S = 1_000  # ms
+
+
+def _q6_case() -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
+    """Auctions ``(id, seller, date_time, expires)`` and bids ``(auction, price,
+    date_time)`` in ms. Seller 7 closes 14 auctions (more than the 11-row frame),
+    ids 4 and 5 at the same time, and auction 20 gets its highest bid after it
+    expired; seller 8's auction 30 gets a bid only after it expired and 31 one
+    before it opened (neither counts)."""
+    auctions = [(i, 7, i * _S, (100 + (13 - i) * 5) * _S) for i in range(1, 14)]
+    auctions[4] = (5, 7, 5 * _S, auctions[3][3])
+    auctions += [(20, 7, _S, 50 * _S), (30, 8, 2 * _S, 40 * _S), (31, 8, 3 * _S, 45 * _S)]
+    bids = [
+        (i, (i * 37 + k * 53) % 101 + 1, (i + 1 + k) * _S) for i in range(1, 14) for k in range(3)
+    ]
+    bids += [(20, 30, 10 * _S), (20, 999, 60 * _S), (30, 5, 45 * _S)]
+    bids += [(31, 500, _S), (31, 17, 5 * _S)]
+    return auctions, sorted(bids, key=lambda b: b[2])
+
+
+def _q6_brute(
+    auctions: list[tuple[int, int, int, int]], bids: list[tuple[int, int, int]]
+) -> dict[int, list[int]]:
+    """Per seller, the expected ``avg_price`` values in close order."""
+    won: dict[int, tuple[int, int, int]] = {}
+    for aid, seller, start, expires in auctions:
+        prices = [p for b, p, t in bids if b == aid and start <= t <= expires]
+        if prices:
+            won[aid] = (seller, expires, max(prices))
+    out: dict[int, list[int]] = {}
+    for aid in sorted(won, key=lambda a: (won[a][1], a)):
+        seller, _, price = won[aid]
+        out.setdefault(seller, []).append(price)
+    frames = {s: [ps[max(0, i - 10) : i + 1] for i in range(len(ps))] for s, ps in out.items()}
+    return {s: [sum(f) // len(f) for f in fs] for s, fs in frames.items()}
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_q6_hand_written_case_matches_brute_force(parallelism: int) -> None:
+    auctions, bids = _q6_case()
+    frames = {
+        "auction": pl.DataFrame(
+            auctions, schema=["id", "seller", "date_time", "expires"], orient="row"
+        ).with_columns(pl.col("date_time", "expires").cast(pl.Datetime("ms"))),
+        "bid": pl.DataFrame(
+            bids, schema=["auction", "price", "date_time"], orient="row"
+        ).with_columns(pl.col("date_time").cast(pl.Datetime("ms"))),
+    }
+    flow = sl.Flow("q6-case", parallelism=parallelism)
+    out = sl.sinks.collect()
+
+    def make(kind: str) -> sl.Stream:
+        src = sl.sources.memory(frames[kind], batch_size=4)
+        return flow.source(src, name=kind, time="date_time", watermark="4s")
+
+    QUERIES["q6"].build(NexmarkInput(flow, make)).sink(out)
+    flow.run(timeout=60)
+    got = out.to_polars()
+    assert got.columns == ["seller", "avg_price"]
+    want = _q6_brute(auctions, bids)
+    assert len(want[7]) == 14 and 8 in want  # the case covers what it says
+    # an append stream in close order: each seller's rows come out in that order
+    per_seller = {s: got.filter(pl.col("seller") == s)["avg_price"].to_list() for s in want}
+    assert per_seller == want
+    assert got.height == sum(map(len, want.values()))
+
+
+def _small_batches(flow: sl.Flow) -> NexmarkInput:
+    """The minute dataset's events in batches of 200, so that the watermark and
+    the output advance in many steps (``NexmarkInput.generated`` with small batches)."""
+    src = nsrc.nexmark(events=EVENTS, seed=SEED, rate=RATES["minute"], batch_size=200)
+    events = flow.source(src, time="date_time", watermark=WATERMARK, max_batch_rows=200)
+    split = {"auction": nsrc.auctions, "bid": nsrc.bids}
+    return NexmarkInput(flow, lambda kind: split[kind](events))
+
+
+def test_q6_stop_and_resume_from_checkpoints_is_exact(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """Stopped after a few output batches and resumed from the stop's checkpoint,
+    again and again: the closing auctions and per-seller frames survive."""
+    parts = []
+    for attempt in range(40):
+        flow = sl.Flow("q6-resume")
+        sink = StopAfter(flow, 2 + attempt % 3)
+        QUERIES["q6"].build(_small_batches(flow)).sink(sink)
+        res = flow.run(parallelism=2, checkpoint_dir=tmp_path, checkpoint_interval=None)
+        parts.append(sink.to_polars())
+        if not res.stopped:
+            break
+        assert res.checkpoints
+    else:
+        pytest.fail("the job never finished")
+    assert attempt >= 2, "the job was stopped and resumed several times"
+    got = pl.concat([p for p in parts if p.height])
+    _check("q6", got, _duckdb(datasets["minute"], SQL["q6"]))

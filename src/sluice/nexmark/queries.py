@@ -218,16 +218,17 @@ def q3(n: NexmarkInput) -> Any:
     return a.join(p, left_on="seller", right_on="pid").select("name", "city", "state", "id")
 
 
-def _winning_candidates(n: NexmarkInput, auction_columns: list[str]) -> Any:
+def _winning_candidates(n: NexmarkInput, auction_columns: list[str], detail: bool = True) -> Any:
     """Auctions joined with their bids placed while the auction was open
-    (``B.date_time BETWEEN A.date_time AND A.expires``)."""
+    (``B.date_time BETWEEN A.date_time AND A.expires``); without ``detail``,
+    the bid's ``bidder`` and ``extra`` are left out (and need not be read)."""
     a = n.auction.select(*auction_columns)
     b = n.bid.select(
         "auction",
-        "bidder",
+        *(["bidder"] if detail else []),
         "price",
         pl.col("date_time").alias("bid_date_time"),
-        pl.col("extra").alias("bid_extra"),
+        *([pl.col("extra").alias("bid_extra")] if detail else []),
     )
     return a.join(b, left_on="id", right_on="auction").filter(
         pl.col("bid_date_time").is_between(pl.col("date_time"), pl.col("expires"))
@@ -325,6 +326,49 @@ def q5(n: NexmarkInput) -> Any:
     )
     return (
         counts.window_join(maxes).filter(pl.col("num") >= pl.col("maxn")).select("auction", "num")
+    )
+
+
+def q6(n: NexmarkInput) -> Any:
+    """Average selling price by seller: for every closed auction, the average
+    winning price of its seller's last closed auctions (this one and up to 10
+    before it).
+
+    nexmark-flink's ``q6.sql`` (``AVG(price) OVER (PARTITION BY seller ORDER BY
+    dateTime ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)`` over the winning
+    bids, a top-1 per auction that is updated as bids arrive) does not run in
+    Flink: an OVER window cannot consume retractions. Sluice runs it on
+    **closed** auctions, as Beam's Query6 does:
+
+    1. The winning price of an auction is its highest bid placed while it was
+       open (``B.date_time BETWEEN A.date_time AND A.expires``, as q4 and q9).
+       The auction closes when the watermark passes ``expires``; only then is
+       the price final and emitted. Auctions without such a bid produce
+       nothing; at end of input every auction closes.
+    2. Per seller, closed auctions are ordered by ``(expires, id)`` (close
+       order, like an event-time OVER window ordered by ``expires``), so the
+       result does not depend on parallelism or on how rows interleave.
+    3. Each closed auction emits one row ``(seller, avg_price)``: the average
+       of the winning prices of this auction and up to 10 preceding ones
+       (``ROWS BETWEEN 10 PRECEDING AND CURRENT ROW``), BIGINT truncated as
+       Flink's ``AVG`` of a BIGINT. An append stream.
+
+    The candidate bids are reduced per batch to each auction's highest (a
+    combiner), then one process function keyed by seller
+    (:class:`sluice.nexmark._q6.ClosedAuctionAverage`) keeps the open
+    auctions' highest prices and the seller's last 10 winning prices, in
+    keyed state and timers (checkpointed): state is held per auction until it
+    closes and per seller for 10 prices. (The regular join before it keeps
+    both inputs, as in q4 and q9.)"""
+    from sluice.nexmark._q6 import ClosedAuctionAverage
+
+    return (
+        _winning_candidates(n, ["id", "seller", "date_time", "expires"], detail=False)
+        .select("id", "seller", pl.col("expires").dt.epoch("ms").alias("expires"), "price")
+        # a combiner: within a batch, only an auction's highest bid can win
+        .filter(pl.col("price") == pl.col("price").max().over("id"))
+        .key_by("seller")
+        .process(ClosedAuctionAverage(), name="closed_auction_average")
     )
 
 
@@ -612,6 +656,15 @@ QUERIES: dict[str, Query] = {
         ),
         Query("q4", "average price per category (join, max, updating average)", q4),
         Query("q5", "hot items (sliding windows)", q5, columns={"bid": ["auction", "date_time"]}),
+        Query(
+            "q6",
+            "average selling price by seller (join, closed auctions, last 11 per seller)",
+            q6,
+            columns={
+                "auction": ["id", "seller", "date_time", "expires"],
+                "bid": ["auction", "price", "date_time"],
+            },
+        ),
         Query(
             "q7",
             "highest bid (tumbling window + interval join)",
