@@ -259,9 +259,16 @@ class WindowOperator(Operator):
         return late & ~pl.int_range(pl.len()).is_in(pl.Series(rescued, dtype=pl.UInt32).implode())
 
     def _sessions_from_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
-        # sessionize in time order, aggregate in arrival order (collect_list)
-        rows = rows.with_row_index("__arr").sort([*self.keys, WS])
-        rows = _with_session_ids(rows, self.keys).sort("__arr")
+        # sessionize in time order, aggregate in arrival order (collect_list,
+        # ties of first/last). Rows usually arrive in time order: then a stable
+        # sort by key alone gives time order per key that is also arrival order.
+        if rows.get_column(WS).is_sorted():
+            if self.keys:
+                rows = rows.sort(self.keys, maintain_order=True)
+            rows = _with_session_ids(rows, self.keys)
+        else:
+            rows = rows.with_row_index("__arr").sort([*self.keys, WS])
+            rows = _with_session_ids(rows, self.keys).sort("__arr").drop("__arr")
         self._batch_no += 1
         parts = self.partials.from_rows(
             rows,
