@@ -17,6 +17,7 @@ import pytest
 import sluice as sl
 from sluice.api.upsert import materialize
 from sluice.connectors.sources.memory import _FrameSplit
+from sluice.operators import topn
 from sluice.operators.base import Clock, Metrics, OperatorContext, Target, TimerService
 from sluice.operators.topn import TopNOperator
 from sluice.runtime.messages import TIME, Barrier
@@ -181,8 +182,13 @@ def _brute_top(rows: list[dict[str, Any]], n: int) -> dict[tuple[Any, int], int]
     return slots
 
 
+@pytest.mark.parametrize("collide", [False, True])
 @pytest.mark.parametrize("n", [1, 3])
-def test_each_batch_emits_exactly_the_changed_slots(n: int) -> None:
+def test_each_batch_emits_exactly_the_changed_slots(
+    n: int, collide: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if collide:  # every key hashes alike: the rows of untouched keys come along
+        monkeypatch.setattr(topn, "_key_hash", lambda keys: pl.lit(7, pl.UInt64).alias(topn.HASH))
     r = random.Random(n)
     op = TopNOperator("top_n", ["k"], n, ["price"], [True], [True], "rank")
     out = _open(op)
@@ -217,6 +223,19 @@ def test_each_batch_emits_exactly_the_changed_slots(n: int) -> None:
     assert total < nid * n, "slots that did not change were not re-emitted"
     assert op.state_rows() == len(_brute_top(seen, n))
     assert op.metrics.extra["slots_updated"] == total
+
+
+def test_a_batch_whose_key_type_differs_from_the_state_still_finds_its_keys() -> None:
+    op = TopNOperator("top_n", ["k"], 1, ["price"], [True], [True], "rank")
+    out = _open(op)
+    rows = [{"k": k, "price": p, "id": i, TIME: i} for i, (k, p) in enumerate([(1, 5), (2, 9)])]
+    op.push_batch(pl.DataFrame(rows, schema_overrides={"k": pl.Int64}))
+    later = [{"k": 1, "price": 7, "id": 2, TIME: 2}, {"k": 2, "price": 3, "id": 3, TIME: 3}]
+    out.batches.clear()
+    op.push_batch(pl.DataFrame(later, schema_overrides={"k": pl.Int32}))
+    got = pl.concat(out.batches)
+    assert got.select("k", "id").rows() == [(1, 2)]  # key 2 kept its better row
+    assert op.state_rows() == 2
 
 
 # -- checkpoints: stop, resume at another parallelism --------------------------------------

@@ -25,7 +25,12 @@ from sluice.operators.base import Operator
 from sluice.runtime.messages import TIME
 from sluice.state.snapshot import Snapshot
 
-SEQ, RANK, PREV = "__seq", "__rank", "__prev_rank"
+SEQ, RANK, PREV, HASH = "__seq", "__rank", "__prev_rank", "__key_hash"
+_SEED = 0x51CE
+
+
+def _key_hash(keys: list[str]) -> pl.Expr:
+    return pl.struct(keys).hash(_SEED).alias(HASH)
 
 
 def align_nulls(df: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
@@ -43,10 +48,13 @@ class TopNOperator(Operator):
     """Keeps the top ``n`` rows per key and emits the slots that changed.
 
     The ranking works on a narrow *index* (key and sort columns, ``__seq``,
-    ``__rank``); the other columns of the rows in the top-N live in a *payload*
+    ``__rank`` and a 64-bit hash of the key); the other columns of the rows in the top-N live in a *payload*
     table keyed by ``__seq``, appended to as rows enter and compacted when half
     of it is rows that left. So a batch copies only the narrow index, never the
-    wide rows (strings) of the whole state.
+    wide rows (strings) of the whole state. The index rows of the keys a batch
+    touches are found by their key hash (a hash-set probe, several times
+    cheaper than joining the index with the batch's keys); a collision only
+    brings another key's rows along, which are ranked again unchanged.
     """
 
     def __init__(
@@ -100,15 +108,14 @@ class TopNOperator(Operator):
         keys = self.keys
         bi = b.select(*self._narrow, SEQ)
         rest: pl.DataFrame | None = None
+        if self.index is not None and self.index.height:
+            bi = align_nulls(bi, self.index)
+        bi = bi.with_columns(_key_hash(keys))
         cand = bi
         if self.index is not None and self.index.height:
-            touched = align_nulls(bi.select(keys).unique(), self.index)
-            old = self.index.join(touched, on=keys, how="semi", nulls_equal=True)
+            old, rest = self._split_touched(bi)
             if old.height:
-                rest = self.index.join(touched, on=keys, how="anti", nulls_equal=True)
                 cand = pl.concat([old.rename({RANK: PREV}), bi], how="diagonal_relaxed")
-            else:
-                rest = self.index
         top = (
             cand.sort(
                 [*self.by, SEQ],
@@ -147,6 +154,19 @@ class TopNOperator(Operator):
             out = out_rows.select(*cols, pl.col(RANK).alias(self.rank))
         self.metrics.add("slots_updated", out.height)
         self.emit(out)
+
+    def _split_touched(self, bi: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The index rows of the keys in ``bi`` (and of keys whose hash collides
+        with one of them), and the other rows."""
+        index = self.index
+        assert index is not None
+        if all(bi.schema[k] == index.schema[k] for k in self.keys):
+            hit = index.get_column(HASH).is_in(bi.get_column(HASH).unique().implode())
+            return index.filter(hit), index.filter(~hit)
+        # key types differ from the state's (the hashes would too): join on the keys
+        touched = bi.select(self.keys).unique()
+        old = index.join(touched, on=self.keys, how="semi", nulls_equal=True)
+        return old, index.join(touched, on=self.keys, how="anti", nulls_equal=True)
 
     def _payload_frame(self) -> pl.DataFrame:
         if len(self.payload) > 1:
@@ -190,7 +210,7 @@ class TopNOperator(Operator):
         # renumber them (a key's rows all come from one old subtask, so sorting by
         # the old numbers keeps each key's order) so that __seq identifies a row
         st = st.sort(SEQ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
-        self.index = st.select(*self._narrow, SEQ, RANK)
+        self.index = st.select(*self._narrow, SEQ, _key_hash(self.keys), RANK)
         self.payload = [st.drop(RANK)]
         self._payload_rows = st.height
         # rows arriving from now on come after every restored row of their key
