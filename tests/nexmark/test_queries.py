@@ -392,3 +392,47 @@ def test_q6_stop_and_resume_from_checkpoints_is_exact(
     assert attempt >= 2, "the job was stopped and resumed several times"
     got = pl.concat([p for p in parts if p.height])
     _check("q6", got, _duckdb(datasets["minute"], SQL["q6"]))
+
+
+def test_q21_channel_id_is_regexp_extract_on_edge_case_urls() -> None:
+    urls = [
+        "channel_id=7&x=1",  # at the start (the ^ branch)
+        "https://a/b?query=1&channel_id=42",
+        "https://a/b?channel_id=5",  # after '?', not '&' or the start: no match
+        "https://a/b?x=1&xchannel_id=9&channel_id=3&channel_id=4",  # the first match
+        "https://a/b?x=1&channel_id=",  # empty value
+        "https://a/b?x=1",
+        None,
+    ]
+    bids = pl.DataFrame(
+        {
+            "auction": range(len(urls)),
+            "bidder": 1,
+            "price": 2,
+            "channel": ["channel-1", "channel-2", "Google", "channel-3", "x", "baidu", "APPLE"],
+            "url": urls,
+            "date_time": pl.datetime_range(
+                pl.datetime(2015, 7, 15), pl.datetime(2015, 7, 15, 0, 0, 6), "1s", eager=True
+            ),
+        }
+    )
+    flow = sl.Flow("q21-edges")
+    out = sl.sinks.collect()
+    inp = NexmarkInput(flow, lambda kind: flow.source(sl.sources.memory(bids), time="date_time"))
+    QUERIES["q21"].build(inp).sink(out)
+    flow.run()
+    expected = duckdb.sql(
+        """
+        SELECT auction, bidder, price, channel,
+            CASE lower(channel) WHEN 'apple' THEN '0' WHEN 'google' THEN '1'
+                WHEN 'facebook' THEN '2' WHEN 'baidu' THEN '3'
+                ELSE regexp_extract(url, '(&|^)channel_id=([^&]*)', 2) END
+                AS channel_id
+        FROM bids
+        WHERE regexp_matches(url, '(&|^)channel_id=([^&]*)')
+            OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')
+        """
+    ).pl()
+    got = out.to_polars()
+    assert got.filter(pl.col("auction") == 4)["channel_id"].to_list() == [""]  # as Flink's
+    assert same_rows(expected, got)

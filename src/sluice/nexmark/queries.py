@@ -571,13 +571,17 @@ def q20(n: NexmarkInput) -> Any:
     return b.join(a, left_on="auction", right_on="id")
 
 
-_CHANNEL_ID = r"(&|^)channel_id=([^&]*)"
-
-
 def q21(n: NexmarkInput) -> Any:
     """Add channel id: from the channel name or parsed from the url."""
     lc = pl.col("channel").str.to_lowercase()
-    cid = pl.col("url").str.extract(_CHANNEL_ID, 2)
+    # REGEXP_EXTRACT(url, '(&|^)channel_id=([^&]*)', 2), with the two branches of
+    # the alternation as two regexes that start with a literal (twice as fast)
+    url = pl.col("url")
+    cid = (
+        pl.when(url.str.starts_with("channel_id="))
+        .then(url.str.extract(r"^channel_id=([^&]*)", 1))
+        .otherwise(url.str.extract(r"&channel_id=([^&]*)", 1))
+    )
     return n.bid.filter(
         cid.is_not_null() | lc.is_in(["apple", "google", "facebook", "baidu"])
     ).select(
