@@ -1,7 +1,7 @@
 """Every Nexmark query against the same query in DuckDB SQL (batch ground truth).
 
-The engine runs each query on generated events (one combined source inside
-the flow, as nexmark-flink does) at parallelism 1 and 4; DuckDB runs the
+The engine runs each query on generated events (one source per kind of event
+inside the flow) at parallelism 1 and 4; DuckDB runs the
 nexmark-flink SQL, adapted to its dialect, over the Parquet files of the same
 events. Results are compared as multisets of rows after end of input.
 """

@@ -41,8 +41,8 @@ _STREAMS = ("person", "auction", "bid")
 class NexmarkInput:
     """The three Nexmark streams of one flow, created on first use.
 
-    :meth:`generated` generates events inside the flow (one combined source,
-    filtered into the three streams, as nexmark-flink does); :meth:`files`
+    :meth:`generated` generates events inside the flow (one source per kind of
+    event used); :meth:`files`
     reads the Parquet files written by ``sluice nexmark generate``.
     """
 
@@ -60,28 +60,24 @@ class NexmarkInput:
         seed: int = 0,
         rate: float | None = None,
         max_rate: float | None = None,
+        columns: dict[str, list[str]] | None = None,
     ) -> NexmarkInput:
-        from sluice.nexmark import source as nsrc
+        """Generate the events inside the flow: one per-kind source for each
+        stream the query uses (the same events as nexmark-flink's single
+        ``datagen`` table filtered into three views, without generating the kinds
+        or, with ``columns``, the columns the query does not read)."""
+        from sluice.nexmark.source import nexmark_streams
 
-        kw: dict[str, Any] = {"seed": seed, "max_rate": max_rate}
-        if rate is not None:
-            kw["rate"] = rate
-        combined: list[Any] = []
-
-        def make(kind: str) -> Any:
-            if not combined:
-                combined.append(
-                    flow.source(
-                        nsrc.nexmark(events=events, **kw),
-                        name="nexmark",
-                        time="date_time",
-                        watermark=WATERMARK,
-                    )
-                )
-            split = {"person": nsrc.persons, "auction": nsrc.auctions, "bid": nsrc.bids}[kind]
-            return split(combined[0])
-
-        return cls(flow, make)
+        streams = nexmark_streams(
+            flow,
+            events=events,
+            seed=seed,
+            rate=rate,
+            max_rate=max_rate,
+            watermark=WATERMARK,
+            columns=columns,
+        )
+        return cls(flow, streams)
 
     @classmethod
     def files(
@@ -797,7 +793,7 @@ def run_query(
         raise ConfigError("nexmark: give either events= (generate) or data_dir= (Parquet files)")
     flow = sl.Flow(f"nexmark-{q.name}", parallelism=parallelism)
     if events is not None:
-        inp = NexmarkInput.generated(flow, events=events, seed=seed)
+        inp = NexmarkInput.generated(flow, events=events, seed=seed, columns=q.columns)
         n_events = events
     else:
         assert data_dir is not None

@@ -7,6 +7,11 @@ on the parallelism: a benchmark or test gets the same data on 1 or 8 subtasks.
 
 Split ``i`` is named ``"gen-<i>"``; its checkpoint state is its block and the
 rows of it already emitted, so a job resumes with the same number of splits.
+
+A *sparse* generator numbers positions rather than rows: ``fn(start, n)`` returns
+the rows of positions ``start .. start + n - 1``, which may be fewer than ``n``
+(a per-kind Nexmark source keeps one kind of event among the event ids). Blocks,
+``count``, ``rate`` and checkpoint positions then all count positions.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class _GeneratorSplit(SplitReader):
         block: int,
         count: int | None,
         rate: float | None,
+        sparse: bool = False,
     ) -> None:
         self.split_id = f"gen-{index}"
         self.fn = fn
@@ -45,6 +51,7 @@ class _GeneratorSplit(SplitReader):
         self.block = block
         self.count = count
         self.rate = rate
+        self.sparse = sparse
         self._block_no = index  # current block
         self._in_block = 0  # rows of the current block already emitted
         self._emitted = 0
@@ -61,7 +68,7 @@ class _GeneratorSplit(SplitReader):
         return end if self.count is None else min(end, self.count)
 
     def position(self) -> int:
-        """Rows emitted by this split so far (for checkpoints)."""
+        """Rows (positions, if sparse) emitted by this split so far (for checkpoints)."""
         return self._emitted
 
     def snapshot(self) -> dict[str, Any]:
@@ -104,12 +111,10 @@ class _GeneratorSplit(SplitReader):
         if n <= 0:
             return None
         df = self.fn(start, n)
-        if not isinstance(df, pl.DataFrame) or df.height != n:
+        if not isinstance(df, pl.DataFrame) or (df.height != n and not self.sparse):
             got = f"{df.height} rows" if isinstance(df, pl.DataFrame) else type(df).__name__
-            raise ConfigError(
-                f"generator function must return a DataFrame of n={n} rows for "
-                f"start={start}, got {got}"
-            )
+            want = "a DataFrame" if self.sparse else f"a DataFrame of n={n} rows"
+            raise ConfigError(f"generator function must return {want} for start={start}, got {got}")
         self._emitted += n
         self._in_block += n
         if start + n >= end:
@@ -134,6 +139,7 @@ class GeneratorSource(Source):
         count: int | None = None,
         batch_size: int = 10_000,
         parallelism_splits: int = 1,
+        sparse: bool = False,
     ) -> None:
         if not callable(fn):
             raise ConfigError(f"generator: fn must be callable, got {type(fn).__name__}")
@@ -152,6 +158,7 @@ class GeneratorSource(Source):
         self.count = count
         self.batch_size = int(batch_size)
         self.parallelism_splits = int(parallelism_splits)
+        self.sparse = bool(sparse)
         self.bounded = count is not None
         # Unthrottled splits cut full batches already; throttled ones emit what is
         # due at each poll, which the engine's adaptive batching gathers.
@@ -160,7 +167,10 @@ class GeneratorSource(Source):
     def create_splits(self, parallelism: int) -> list[SplitReader]:
         n = max(1, parallelism) * self.parallelism_splits
         rate = None if self.rate is None else self.rate / n
-        return [_GeneratorSplit(self.fn, i, n, self.batch_size, self.count, rate) for i in range(n)]
+        return [
+            _GeneratorSplit(self.fn, i, n, self.batch_size, self.count, rate, self.sparse)
+            for i in range(n)
+        ]
 
 
 def generator(
@@ -170,6 +180,7 @@ def generator(
     count: int | None = None,
     batch_size: int = 10_000,
     parallelism_splits: int = 1,
+    sparse: bool = False,
 ) -> GeneratorSource:
     """A synthetic source: ``fn(start, n)`` returns rows ``start .. start + n - 1``.
 
@@ -189,6 +200,9 @@ def generator(
         Rows per block; block ``b`` is read by split ``b % n_splits``.
     parallelism_splits
         Splits per subtask (``n_splits = parallelism * parallelism_splits``).
+    sparse
+        ``fn`` may return fewer rows than ``n`` (the rows of some positions
+        only); ``rate``, ``count``, ``batch_size`` and checkpoints count positions.
 
     The multiset of rows does not depend on the parallelism.
 
@@ -204,7 +218,12 @@ def generator(
     [0, 1, 4, 9]
     """
     return GeneratorSource(
-        fn, rate=rate, count=count, batch_size=batch_size, parallelism_splits=parallelism_splits
+        fn,
+        rate=rate,
+        count=count,
+        batch_size=batch_size,
+        parallelism_splits=parallelism_splits,
+        sparse=sparse,
     )
 
 
