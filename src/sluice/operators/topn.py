@@ -116,15 +116,7 @@ class TopNOperator(Operator):
             old, rest = self._split_touched(bi)
             if old.height:
                 cand = pl.concat([old.rename({RANK: PREV}), bi], how="diagonal_relaxed")
-        top = (
-            cand.sort(
-                [*self.by, SEQ],
-                descending=[*self.descending, False],
-                nulls_last=[*self.nulls_last, False],
-            )
-            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys).alias(RANK))
-            .filter(pl.col(RANK) <= self.n)
-        )
+        top = self._rank(cand)
         # a slot changed when its row is new, or an old row that moved to it
         # (slots are never emptied, so no other change is possible)
         is_new = pl.col(SEQ) >= start
@@ -154,6 +146,34 @@ class TopNOperator(Operator):
             out = out_rows.select(*cols, pl.col(RANK).alias(self.rank))
         self.metrics.add("slots_updated", out.height)
         self.emit(out)
+
+    def _rank(self, cand: pl.DataFrame) -> pl.DataFrame:
+        """The rows of ``cand`` in the top ``n`` of their key, with their ``__rank``
+        (ties by ``__seq``). Vectorized without a window function (``over`` is
+        several times slower): for ``n == 1`` the first row of each key in sort
+        order; otherwise sorted by key, then rank = position - the key's first
+        position + 1."""
+        keys = self.keys
+        if self.n == 1:
+            ordered = cand.sort(
+                [*self.by, SEQ],
+                descending=[*self.descending, False],
+                nulls_last=[*self.nulls_last, False],
+            )
+            key = pl.struct(keys) if len(keys) > 1 else pl.col(keys[0])
+            return ordered.filter(key.is_first_distinct()).with_columns(
+                pl.lit(1, pl.Int64).alias(RANK)
+            )
+        k = len(keys)
+        ordered = cand.sort(
+            [*keys, *self.by, SEQ],
+            descending=[False] * k + [*self.descending, False],
+            nulls_last=[False] * k + [*self.nulls_last, False],
+        )
+        new_key = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in keys])
+        at = pl.int_range(pl.len(), dtype=pl.Int64)
+        start = pl.when(new_key.fill_null(True)).then(at).otherwise(0).cum_max()
+        return ordered.with_columns((at - start + 1).alias(RANK)).filter(pl.col(RANK) <= self.n)
 
     def _split_touched(self, bi: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The index rows of the keys in ``bi`` (and of keys whose hash collides
