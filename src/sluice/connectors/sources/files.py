@@ -21,10 +21,13 @@ rows that come next.
 from __future__ import annotations
 
 import codecs
+import collections
 import glob
 import os
+import threading
 import time
 from abc import abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +50,27 @@ _FORMAT_ALIASES = {"jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet":
 _PARQUET_SETTLE_S = 5.0
 #: Parquet row groups larger than this many rows are decoded in chunks of it.
 _PARQUET_CHUNK_ROWS = 1 << 20
+#: Chunks of a Parquet file decoded ahead of the one being handed out.
+_PARQUET_PREFETCH = 2
+_DECODER: ThreadPoolExecutor | None = None
+_DECODER_LOCK = threading.Lock()
+
+
+def _forget_decoder() -> None:
+    global _DECODER
+    _DECODER = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_decoder)
+
+
+def _decoder() -> ThreadPoolExecutor:
+    """The threads that decode Parquet chunks ahead (shared by all readers)."""
+    global _DECODER
+    with _DECODER_LOCK:
+        if _DECODER is None:
+            _DECODER = ThreadPoolExecutor(2, thread_name_prefix="sluice-parquet")
+        return _DECODER
 
 
 # -- path resolution ---------------------------------------------------------------------
@@ -139,8 +163,10 @@ class ParquetReader(SplitReader):
 
     Decoding whole row groups (or chunks of at most :data:`_PARQUET_CHUNK_ROWS` rows
     of a larger one) with Polars' native reader is about 1.5x faster than
-    pyarrow's batch iterator followed by a conversion to Polars, and memory stays
-    bounded by one decoded chunk.
+    pyarrow's batch iterator followed by a conversion to Polars. The next
+    :data:`_PARQUET_PREFETCH` chunks are decoded ahead on a small shared thread
+    pool (decoding releases the GIL), so decoding overlaps the job's work and
+    uses another core; memory stays bounded by those chunks and the current one.
     """
 
     def __init__(
@@ -154,6 +180,7 @@ class ParquetReader(SplitReader):
         self._chunks: list[tuple[int, int]] | None = None  # (first row, rows) still to decode
         self._buf: pl.DataFrame | None = None  # decoded rows not handed out yet
         self._lf: pl.LazyFrame | None = None
+        self._ahead: collections.deque[tuple[int, int, Future[pl.DataFrame]]] = collections.deque()
         self._ctx = ReaderContext("parquet")
         self._next_check = 0.0
         self._last_stat: tuple[int, int] | None = None
@@ -242,10 +269,16 @@ class ParquetReader(SplitReader):
     def _decode(self) -> pl.DataFrame | None:
         """The next chunk, decoded; None at the end of the file."""
         assert self._chunks is not None and self._lf is not None
-        while self._chunks:
-            first, n = self._chunks.pop()
+        while True:
+            while self._chunks and len(self._ahead) < _PARQUET_PREFETCH:
+                first, n = self._chunks.pop()
+                job = _decoder().submit(self._lf.slice(first, n).collect)
+                self._ahead.append((first, n, job))
+            if not self._ahead:
+                return None
+            first, n, job = self._ahead.popleft()
             try:
-                df = self._lf.slice(first, n).collect()
+                df = job.result()
             except Exception as e:
                 # raises, or (dead letters) reports the rows and goes on after them
                 self._ctx.bad_record(
@@ -257,7 +290,6 @@ class ParquetReader(SplitReader):
                 continue
             if df.height:
                 return df
-        return None
 
     def poll(self, max_rows: int) -> ReadBatch | None:
         if self.finished:
@@ -281,6 +313,9 @@ class ParquetReader(SplitReader):
         return ReadBatch(df, self.path, first_line=first, lines=lines)
 
     def close(self) -> None:
+        for _, _, job in self._ahead:
+            job.cancel()  # one already running finishes; its result is dropped
+        self._ahead.clear()
         self._chunks = None
         self._buf = None
         self._lf = None
