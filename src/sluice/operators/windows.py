@@ -19,16 +19,11 @@ touches (one multi-get) and written back; a watermark fires a range scan of
 the windows it closes. Only a batch's worth of state is in memory at a time.
 
 Sliding windows (memory backend, event time) are sliced into panes of
-``gcd(size, slide)`` as in Flink's window aggregation, Arroyo and RisingWave:
-a row is pre-aggregated once, into its pane, the state is one row per
-(key, pane), and a firing merges the panes of the windows it closes (one
-``group_by`` over pane rows, never over input rows). Every window ending at
-or before ``_fired`` (the watermark, in practice) has fired; a late-but-allowed
-row updates its pane and re-fires, at once, every fired window still kept
-that holds the pane. Early firings emit the windows of the panes updated
-since the last early firing. Processing-time sliding windows, the RocksDB
-backend and aggregations whose merge depends on arrival order
-(``collect_list``, user aggregators) keep one row per (key, window).
+``gcd(size, slide)``, one state row per (key, pane): that path lives in
+:mod:`sluice.operators.window_panes`. Processing-time sliding windows, the
+RocksDB backend and aggregations whose merge depends on arrival order
+(``collect_list``, user aggregators) keep one row per (key, window). Session
+numbering and late-row rescue live in :mod:`sluice.operators.sessions`.
 """
 
 from __future__ import annotations
@@ -38,10 +33,12 @@ from typing import Any
 
 import polars as pl
 
-from sluice.errors import JobError
+from sluice.operators import window_panes
 from sluice.operators.aggregations import BoundAgg
 from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import PS, Panes, Partials
+from sluice.operators.sessions import rescue_late_rows, session_partials, with_session_ids
+from sluice.operators.window_columns import DIRTY, FIRED, SEQ, UPD, WE, WS
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import WKEY, RocksWindowStore
@@ -49,8 +46,6 @@ from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
 from sluice.time.windows import Global, Session, Sliding, Trigger, Tumbling, WindowSpec
 
-WS, WE, DIRTY, FIRED, SEQ = "__ws", "__we", "__dirty", "__fired", "__seq"
-UPD, FW = "__upd", "__fw"  # pane: version of its last update; snapshot: fired watermark
 _COMPACT_ROWS = 200_000
 _COMPACT_FRAMES = 16
 
@@ -154,7 +149,7 @@ class WindowOperator(Operator):
     # -- data ------------------------------------------------------------------------
     def process_batch(self, batch: pl.DataFrame) -> None:
         if self.panes is not None:
-            self._process_panes(batch, self.panes)
+            window_panes.process(self, batch, self.panes)
             return
         if self.processing:
             batch = batch.with_columns(pl.lit(self.ctx.now() if self.ctx else 0).alias(TIME))
@@ -179,17 +174,20 @@ class WindowOperator(Operator):
             self.next_fire = int(mn) - 1  # type: ignore[arg-type]
         if self.next_fire <= wm:
             self._fire(wm)  # late-but-allowed updates re-fire at once
+        self._early_fire_or_compact()
+        if self.processing:
+            self._schedule_processing_fire()
+
+    def _early_fire_or_compact(self) -> None:
         if self.trigger is not None and self.trigger.on_update:
             self._early_fire()
         elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
             self._compact()  # keep firing cheap: merge many small partials early
-        if self.processing:
-            self._schedule_processing_fire()
 
     def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
         late = pl.col(WE) - 1 + self.lateness <= wm
         if self.session and assigned.select(late.any()).item():
-            late = self._rescue_session_rows(assigned, late)
+            late = rescue_late_rows(assigned, late, self.keys, self._kept_sessions)
         mask = assigned.select(late.alias("l")).get_column("l")
         if not mask.any():
             return assigned
@@ -208,74 +206,16 @@ class WindowOperator(Operator):
             self.output.emit_side("late", late_rows)
         return assigned.filter(~mask)
 
-    def _rescue_session_rows(self, assigned: pl.DataFrame, late: pl.Expr) -> pl.Expr:
-        """Judge lateness on the merged session, element by element as in Flink.
-
-        A row whose own window ``[t, t + gap)`` is late still counts when, at its
-        arrival, it touches a kept session, a non-late row that arrived before it
-        in this batch, or a late row already rescued. This path only runs for
-        late rows, so it may be sequential.
-        """
-        keys = self.keys
-        rows = assigned.with_row_index("__r").with_columns(late.alias("__late"))
-        cand = rows.filter(pl.col("__late"))
-        if cand.height == 0:
-            return late
-        ckeys = cand.select(keys).unique() if keys else None
-
-        def key_of(r: dict[str, object]) -> tuple[object, ...]:
-            return tuple(r[k] for k in keys)
-
-        sessions: dict[tuple[object, ...], list[tuple[int, int]]] = {}
+    def _kept_sessions(self, keys: pl.DataFrame) -> pl.DataFrame | None:
+        """The kept sessions of ``keys`` (for judging late session rows)."""
         if self.store is not None:
-            st = self.store.sessions_of(cand.select(keys).unique())
-        else:
-            self._compact()
-            st = self.state
-        if st is not None and st.height:
-            st = st.join(ckeys, on=keys, how="semi") if ckeys is not None else st
-            for r in st.select(*keys, WS, WE).iter_rows(named=True):
-                sessions.setdefault(key_of(r), []).append((r[WS], r[WE]))
-        early = rows.filter(~pl.col("__late"))
-        if ckeys is not None:
-            early = early.join(ckeys, on=keys, how="semi")
-        pending: dict[tuple[object, ...], list[tuple[int, int, int]]] = {}
-        for r in early.select("__r", *keys, WS, WE).iter_rows(named=True):
-            pending.setdefault(key_of(r), []).append((r["__r"], r[WS], r[WE]))
-        rescued: list[int] = []
-        for r in cand.select("__r", *keys, WS, WE).iter_rows(named=True):
-            k = key_of(r)
-            ivs = sessions.setdefault(k, [])
-            before = pending.get(k)
-            while before and before[0][0] < r["__r"]:
-                _, a, b = before.pop(0)
-                ivs.append((a, b))
-            ws, we = r[WS], r[WE]
-            if any(a <= we and b >= ws for a, b in ivs):
-                rescued.append(r["__r"])
-                ivs.append((ws, we))
-        if not rescued:
-            return late
-        return late & ~pl.int_range(pl.len()).is_in(pl.Series(rescued, dtype=pl.UInt32).implode())
+            return self.store.sessions_of(keys)
+        self._compact()
+        return self.state
 
     def _sessions_from_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
-        # sessionize in time order, aggregate in arrival order (collect_list,
-        # ties of first/last). Rows usually arrive in time order: then a stable
-        # sort by key alone gives time order per key that is also arrival order.
-        if rows.get_column(WS).is_sorted():
-            if self.keys:
-                rows = rows.sort(self.keys, maintain_order=True)
-            rows = _with_session_ids(rows, self.keys)
-        else:
-            rows = rows.with_row_index("__arr").sort([*self.keys, WS])
-            rows = _with_session_ids(rows, self.keys).sort("__arr").drop("__arr")
         self._batch_no += 1
-        parts = self.partials.from_rows(
-            rows,
-            [*self.keys, "__sid"],
-            [pl.col(WS).min(), pl.col(WE).max(), pl.lit(self._batch_no, pl.Int64).alias(SEQ)],
-        )
-        return parts.drop("__sid")
+        return session_partials(rows, self.keys, self.partials, self._batch_no)
 
     # -- state maintenance -------------------------------------------------------------
     def _compact(self) -> None:
@@ -295,7 +235,7 @@ class WindowOperator(Operator):
             )
         flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
         if self.session:
-            allp = _with_session_ids(allp.sort([*self.keys, WS]), self.keys).sort(
+            allp = with_session_ids(allp.sort([*self.keys, WS]), self.keys).sort(
                 SEQ, maintain_order=True
             )
             merged = self.partials.merge(
@@ -309,7 +249,7 @@ class WindowOperator(Operator):
 
     def _recompute_bounds(self) -> None:
         if self.panes is not None:
-            self._recompute_pane_bounds(self.panes)
+            window_panes.recompute_bounds(self, self.panes)
             return
         if self.store is not None:
             self._recompute_stored_bounds()
@@ -326,7 +266,7 @@ class WindowOperator(Operator):
 
     def _fire(self, wm: int) -> None:
         if self.panes is not None:
-            self._fire_panes(wm, self.panes)
+            window_panes.fire(self, wm, self.panes)
             return
         if self.store is not None:
             self._fire_stored(wm)
@@ -354,7 +294,7 @@ class WindowOperator(Operator):
 
     def _early_fire(self) -> None:
         if self.panes is not None:
-            self._early_fire_panes(self.panes)
+            window_panes.early_fire(self, self.panes)
             return
         if self.store is not None:
             self._early_fire_stored()
@@ -387,172 +327,6 @@ class WindowOperator(Operator):
             tcol.alias(TIME),
         )
         self.emit(out)
-
-    # -- sliding windows by panes ----------------------------------------------------------
-    def _process_panes(self, batch: pl.DataFrame, p: Panes) -> None:
-        wm = self.watermark
-        rows = batch.with_columns(p.pane_start(pl.col(TIME)).alias(PS))
-        if wm > MIN_TIME:
-            tmin = batch.get_column(TIME).min()
-            # a row can only be late for a window when t <= wm - lateness
-            if tmin is not None and int(tmin) <= wm - self.lateness:  # type: ignore[arg-type]
-                rows = self._drop_late_panes(batch, rows, wm, p)
-                if rows.height == 0:
-                    return
-        part = self.partials.from_rows(rows, self.pgroup)
-        self._version += 1
-        if self._track:
-            part = part.with_columns(pl.lit(self._version, pl.Int64).alias(UPD))
-        self.pending.append(part)
-        self.pending_rows += part.height
-        nf, cl = part.select(
-            p.first_end_after(pl.col(PS), self._fired).min().alias("f"),
-            p.cleanup(pl.col(PS), self.lateness).min().alias("c"),
-        ).row(0)
-        if nf is not None and nf < self.next_fire:
-            self.next_fire = nf
-        if cl is not None and cl < self.next_cleanup:
-            self.next_cleanup = cl
-        fired = self._fired
-        if fired > MIN_TIME and (self.lateness or fired > wm):
-            # late-but-allowed rows: re-fire the kept, fired windows of their panes
-            kept_after = wm - self.lateness if wm > MIN_TIME else MIN_TIME
-            touched = part.filter(pl.col(PS) + (p.pane - 1) <= fired)
-            if touched.height:
-                targets = p.windows_of(touched, kept_after, fired).select(*self.keys, WS)
-                if targets.height:
-                    self._emit_windows(targets.unique(), kept_after, fired, p)
-        if self.trigger is not None and self.trigger.on_update:
-            self._early_fire()
-        elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
-            self._compact()
-
-    def _drop_late_panes(
-        self, batch: pl.DataFrame, rows: pl.DataFrame, wm: int, p: Panes
-    ) -> pl.DataFrame:
-        late, n = p.late_pairs(pl.col(TIME), wm, self.lateness)
-        m = batch.select(late.alias("l"), n.alias("n"))
-        el_late = m.get_column("l")
-        dropped_pairs = int(m.get_column("n").filter(~el_late).sum())
-        if dropped_pairs:
-            self.metrics.add("late_window_assignments_dropped", dropped_pairs)
-        if not el_late.any():
-            return rows
-        late_rows = batch.filter(el_late)
-        self.metrics.late_dropped += late_rows.height
-        self.output.emit_side("late", late_rows)
-        return rows.filter(~el_late)
-
-    def _emit_windows(self, targets: pl.DataFrame, after: int, upto: int, p: Panes) -> None:
-        """Emit the windows ``targets`` (keys, ``__ws``), all ending in ``(after, upto]``."""
-        self._compact()
-        st = self.state
-        if st is None or st.height == 0:
-            return
-        st = st.filter((pl.col(PS) + (p.pane - 1) <= upto) & (pl.col(PS) + (p.size - 1) > after))
-        if self.keys:
-            st = st.join(targets.select(self.keys).unique(), on=self.keys, how="semi")
-        wins = p.windows_lazy(st.lazy(), after, upto).join(
-            targets.lazy(), on=[*self.keys, WS], how="semi"
-        )
-        res = self.partials.merge(wins, self.group)
-        if res.height:
-            self._emit_results(res)
-
-    def _fire_panes(self, wm: int, p: Panes) -> None:
-        # one query from the unmerged partials (state, then batches in arrival
-        # order) to the windows: merging a pane's partials and its windows'
-        # panes is one group_by; compaction then only keeps the panes still needed
-        frames = ([self.state] if self.state is not None else []) + self.pending
-        self.pending, self.pending_rows = [], 0
-        allp = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else None
-        allp = frames[0] if allp is None and frames else allp
-        after = self._fired
-        if allp is not None and allp.height and wm > after:
-            ps = pl.col(PS)
-            due = allp.lazy().filter((ps + (p.pane - 1) <= wm) & (ps + (p.size - 1) > after))
-            wins = self.partials.merge(p.windows_lazy(due, after, wm), self.group)
-            if wins.height:
-                self._emit_results(wins)
-        self._fired = max(after, wm)
-        if allp is not None:
-            if wm == MAX_TIME:
-                self.state = allp.clear()
-            else:
-                keep = allp.filter(p.cleanup(pl.col(PS), self.lateness) > wm)
-                self.state = self._merge(keep) if len(frames) > 1 else keep
-        self._recompute_bounds()
-
-    def _early_fire_panes(self, p: Panes) -> None:
-        self._compact()
-        st = self.state
-        since, self._early_at = self._early_at, self._version
-        if st is None or st.height == 0:
-            return
-        dirty = st.filter(pl.col(UPD) > since)
-        if dirty.height == 0:
-            return
-        targets = p.windows_of(dirty, self._fired).select(*self.keys, WS)
-        if targets.height:
-            self._emit_windows(targets.unique(), self._fired, MAX_TIME, p)
-
-    def _recompute_pane_bounds(self, p: Panes) -> None:
-        st = self.state
-        if st is None or st.height == 0:
-            self.next_fire = self.next_cleanup = MAX_TIME
-            return
-        nf, cl = st.select(
-            p.first_end_after(pl.col(PS), self._fired).min().alias("f"),
-            p.cleanup(pl.col(PS), self.lateness).min().alias("c"),
-        ).row(0)
-        self.next_fire = MAX_TIME if nf is None else nf
-        self.next_cleanup = MAX_TIME if cl is None else cl
-
-    def _pane_snapshot(self, st: pl.DataFrame) -> pl.DataFrame:
-        """Pane rows plus what is not in them: the fired watermark, and (early
-        triggers) whether the pane changed since the last early firing."""
-        st = st.with_columns(pl.lit(self._fired, pl.Int64).alias(FW))
-        if self._track:
-            st = st.with_columns((pl.col(UPD) > self._early_at).alias(DIRTY)).drop(UPD)
-        return st
-
-    def _restore_panes(self, panes: pl.DataFrame) -> bool:
-        """Go on from a pane snapshot; False when this instance cannot (no pane
-        slicing here, or old subtasks that had fired up to different watermarks)."""
-        fws = panes.get_column(FW).unique()
-        if self.panes is None or fws.len() != 1:
-            return False
-        self._fired = int(fws[0])
-        st = panes.drop(FW)
-        dirty = pl.col(DIRTY) if DIRTY in st.columns else pl.lit(True)
-        if self._track:
-            st = st.with_columns(dirty.cast(pl.Int64).alias(UPD))
-            self._version, self._early_at = 1, 0
-        self.state = st.drop(DIRTY, strict=False)
-        self.pending = []
-        self.pending_rows = 0
-        self._recompute_bounds()
-        return True
-
-    def _windows_from_panes(self, panes: pl.DataFrame) -> pl.DataFrame:
-        """The one-row-per-window table of a pane snapshot (flags as the window
-        path keeps them): for a restore on the RocksDB backend, for instance."""
-        spec = self.spec
-        if not isinstance(spec, Sliding):
-            raise JobError(
-                f"window operator {self.name!r}: the checkpoint holds sliding-window panes "
-                f"but the job now has a {type(spec).__name__} window; restore it with the "
-                "window it was written with"
-            )
-        p = Panes(spec.size_ms, spec.slide_ms, spec.offset_ms)
-        dirty = pl.col(DIRTY) if DIRTY in panes.columns else pl.lit(True)
-        wins = p.windows_of(panes.with_columns(dirty.alias("__pd"))).filter(
-            pl.col(WE) - 1 + self.lateness > pl.col(FW)
-        )
-        fired = (pl.col(WE) - 1 <= pl.col(FW)).all().alias(FIRED)
-        merged = self.partials.merge(wins, self.group, [fired, pl.col("__pd").any().alias(DIRTY)])
-        merged = merged.with_columns((pl.col(DIRTY) & ~pl.col(FIRED)).alias(DIRTY))
-        return merged.select(*self.group, *self.partials.cols, DIRTY, FIRED)
 
     # -- state in RocksDB -----------------------------------------------------------------
     def _process_stored(self, part: pl.DataFrame, wm: int) -> None:
@@ -708,18 +482,18 @@ class WindowOperator(Operator):
         if self.state is not None and self.state.height:
             name, st = "windows", self.state
             if self.panes is not None:
-                name, st = "panes", self._pane_snapshot(st)
+                name, st = "panes", window_panes.snapshot(self, st)
             (snap.keyed if self.keys else snap.tables)[name] = st
         return snap
 
     def restore_state(self, snapshot: Snapshot) -> None:
         super().restore_state(snapshot)
         panes = snapshot.keyed.get("panes", snapshot.tables.get("panes"))
-        if panes is not None and panes.height and self._restore_panes(panes):
+        if panes is not None and panes.height and window_panes.restore(self, panes):
             return
         st = snapshot.keyed.get("windows", snapshot.tables.get("windows"))
         if panes is not None and panes.height:
-            st = self._windows_from_panes(panes)
+            st = window_panes.windows_from_panes(self, panes)
         if st is not None and st.height:
             self.panes = None  # this instance goes on with one row per window
         if st is not None and st.height and self.store is not None:
@@ -747,38 +521,3 @@ class WindowOperator(Operator):
         self._backend.close()
         self._backend = None
         self.store = None
-
-
-def _with_session_ids(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """``df`` (sorted by keys and start) with ``__sid``, a session number: a new
-    session starts when the start is after every earlier end of its key
-    (windows that touch merge, as in Flink). Ids are unique over the table.
-
-    The running maximum of ends per key is one global ``cum_max`` over ends
-    shifted by ``key rank * span``, so that every key's values lie above the
-    previous keys' (a per-key ``over`` is several times slower with many keys).
-    """
-    n = df.height
-    if not keys or n == 0:
-        return df.with_columns(_session_ids(keys))
-    lo, hi = df.get_column(WE).min(), df.get_column(WE).max()
-    span = int(hi) - int(lo) + 1  # type: ignore[arg-type]
-    if span <= 0 or n * span >= 2**62:  # would overflow: the per-key expression
-        return df.with_columns(_session_ids(keys))
-    first = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
-    first = first.fill_null(True)
-    base = first.cast(pl.Int64).cum_sum() * span - int(lo)  # type: ignore[arg-type]
-    prev_end = (pl.col(WE) + base).cum_max().shift(1)
-    new = first | (pl.col(WS) + base > prev_end)
-    return df.with_columns(new.cast(pl.Int64).cum_sum().alias("__sid"))
-
-
-def _session_ids(keys: list[str]) -> pl.Expr:
-    """Per-key session numbers (see :func:`_with_session_ids`), as an expression."""
-    prev_end = pl.col(WE).cum_max().shift(1)
-    new = pl.col(WS) > prev_end
-    if keys:
-        prev_end = prev_end.over(keys)
-        new = (pl.col(WS) > prev_end).fill_null(True)
-        return new.cast(pl.Int64).cum_sum().over(keys).alias("__sid")
-    return new.fill_null(True).cast(pl.Int64).cum_sum().alias("__sid")
