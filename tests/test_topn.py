@@ -236,6 +236,13 @@ def test_a_batch_whose_key_type_differs_from_the_state_still_finds_its_keys() ->
     got = pl.concat(out.batches)
     assert got.select("k", "id").rows() == [(1, 2)]  # key 2 kept its better row
     assert op.state_rows() == 2
+    for dtype, i in ((pl.Int64, 4), (pl.Int32, 6), (pl.Int64, 8)):  # and back: still found
+        out.batches.clear()
+        rows = [{"k": 1, "price": 1, "id": i, TIME: i}, {"k": 2, "price": 20 + i, "id": i + 1}]
+        rows[1][TIME] = i + 1
+        op.push_batch(pl.DataFrame(rows, schema_overrides={"k": dtype}))
+        assert pl.concat(out.batches).select("k", "id").rows() == [(2, i + 1)]
+        assert op.state_rows() == 2
 
 
 # -- checkpoints: stop, resume at another parallelism --------------------------------------

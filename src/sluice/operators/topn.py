@@ -108,8 +108,10 @@ class TopNOperator(Operator):
         keys = self.keys
         bi = b.select(*self._narrow, SEQ)
         rest: pl.DataFrame | None = None
+        retyped = False  # key types differ from the state's: hashes are redone below
         if self.index is not None and self.index.height:
             bi = align_nulls(bi, self.index)
+            retyped = any(bi.schema[k] != self.index.schema[k] for k in keys)
         bi = bi.with_columns(_key_hash(keys))
         cand = bi
         if self.index is not None and self.index.height:
@@ -125,7 +127,13 @@ class TopNOperator(Operator):
             top = top.drop(PREV)
         else:
             changed = top
-        self.index = top if rest is None or not rest.height else pl.concat([rest, top])
+        self.index = (
+            top
+            if rest is None or not rest.height
+            else pl.concat([rest, top], how="vertical_relaxed")
+        )
+        if retyped:  # the key columns now have their common type: hash them as such
+            self.index = self.index.with_columns(_key_hash(keys))
         entered = b.join(changed.filter(is_new).select(SEQ, RANK), on=SEQ, how="inner")
         if entered.height:
             self.payload.append(entered.drop(RANK))
