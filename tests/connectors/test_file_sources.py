@@ -221,3 +221,33 @@ def test_parquet_reader_resumes_at_every_row_across_row_groups_and_chunks(
         r.restore({"row": start})
         assert rest(r, 6) == list(range(start, n))
         assert r.position() == n
+
+
+def test_many_parquet_files_read_at_once_share_the_decode_ahead_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluice.connectors.sources import files
+
+    monkeypatch.setattr(files, "_PARQUET_AHEAD_BUDGET", 2)
+    held: list[int] = []
+    reserve = files._reserve_ahead
+
+    def spy() -> bool:
+        ok = reserve()
+        held.append(files._ahead_held)
+        return ok
+
+    monkeypatch.setattr(files, "_reserve_ahead", spy)
+    (tmp_path / "in").mkdir()
+    frames = []
+    for i in range(8):
+        df = pl.DataFrame({"x": range(i * 1000, (i + 1) * 1000), "ts": 0})
+        df.write_parquet(tmp_path / "in" / f"p{i}.parquet", row_group_size=200)
+        frames.append(df)
+    out = sl.sinks.collect()
+    flow = sl.Flow("many", max_batch_rows=100)
+    flow.source(sl.sources.parquet(tmp_path / "in"), time="ts").sink(out)
+    flow.run()
+    assert sorted(out.to_polars()["x"].to_list()) == list(range(8000))
+    assert held and max(held) <= 2  # never more than the budget ahead, all files together
+    assert files._ahead_held == 0  # every unit given back

@@ -52,13 +52,35 @@ _PARQUET_SETTLE_S = 5.0
 _PARQUET_CHUNK_ROWS = 1 << 20
 #: Chunks of a Parquet file decoded ahead of the one being handed out.
 _PARQUET_PREFETCH = 2
+#: Decoded-ahead chunks all readers of the process may hold together (a source
+#: of many files reads them all at once: each still holds only its current chunk
+#: beyond this budget).
+_PARQUET_AHEAD_BUDGET = 4
 _DECODER: ThreadPoolExecutor | None = None
 _DECODER_LOCK = threading.Lock()
+_ahead_held = 0
+
+
+def _reserve_ahead() -> bool:
+    """Take one chunk of the decode-ahead budget, if any is left."""
+    global _ahead_held
+    with _DECODER_LOCK:
+        if _ahead_held >= _PARQUET_AHEAD_BUDGET:
+            return False
+        _ahead_held += 1
+        return True
+
+
+def _release_ahead() -> None:
+    global _ahead_held
+    with _DECODER_LOCK:
+        _ahead_held -= 1
 
 
 def _forget_decoder() -> None:
-    global _DECODER
+    global _DECODER, _ahead_held
     _DECODER = None  # a forked child has none of the parent's threads
+    _ahead_held = 0
 
 
 os.register_at_fork(after_in_child=_forget_decoder)
@@ -180,7 +202,10 @@ class ParquetReader(SplitReader):
         self._chunks: list[tuple[int, int]] | None = None  # (first row, rows) still to decode
         self._buf: pl.DataFrame | None = None  # decoded rows not handed out yet
         self._lf: pl.LazyFrame | None = None
-        self._ahead: collections.deque[tuple[int, int, Future[pl.DataFrame]]] = collections.deque()
+        #: chunks being decoded: (first row, rows, job, holds a unit of the budget)
+        self._ahead: collections.deque[tuple[int, int, Future[pl.DataFrame], bool]] = (
+            collections.deque()
+        )
         self._ctx = ReaderContext("parquet")
         self._next_check = 0.0
         self._last_stat: tuple[int, int] | None = None
@@ -271,12 +296,19 @@ class ParquetReader(SplitReader):
         assert self._chunks is not None and self._lf is not None
         while True:
             while self._chunks and len(self._ahead) < _PARQUET_PREFETCH:
+                # the chunk needed now is always decoded; those after it while
+                # the process-wide budget lasts
+                ahead = bool(self._ahead)
+                if ahead and not _reserve_ahead():
+                    break
                 first, n = self._chunks.pop()
                 job = _decoder().submit(self._lf.slice(first, n).collect)
-                self._ahead.append((first, n, job))
+                self._ahead.append((first, n, job, ahead))
             if not self._ahead:
                 return None
-            first, n, job = self._ahead.popleft()
+            first, n, job, ahead = self._ahead.popleft()
+            if ahead:
+                _release_ahead()
             try:
                 df = job.result()
             except Exception as e:
@@ -313,8 +345,10 @@ class ParquetReader(SplitReader):
         return ReadBatch(df, self.path, first_line=first, lines=lines)
 
     def close(self) -> None:
-        for _, _, job in self._ahead:
+        for _, _, job, ahead in self._ahead:
             job.cancel()  # one already running finishes; its result is dropped
+            if ahead:
+                _release_ahead()
         self._ahead.clear()
         self._chunks = None
         self._buf = None
