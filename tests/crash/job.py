@@ -31,6 +31,7 @@ def main() -> None:
     )
     results.sink(sl.sinks.jsonl(f"{out}/results"))
     results.late().sink(sl.sinks.jsonl(f"{out}/late"))
+    print("ready", flush=True)  # imports done: the test times its kill from here
     flow.run(parallelism=parallelism, checkpoint_dir=ckpt, checkpoint_interval="40ms")
 
 

@@ -102,8 +102,13 @@ def _episode(src: Path, work: Path, rng: random.Random, faults: list[str], kill:
         fault = plan.pop(0) if plan else None
         p = _start(src, out, ckpt, 2, fault)
         if fault is None and kill:
+            # time the kill from the end of the imports, which take most of a
+            # second and more on a loaded machine: killing during them would
+            # make no progress, and a run of such kills never finishes
+            assert p.stdout is not None
+            p.stdout.readline()  # "ready" (or EOF if the job died first)
             try:
-                p.wait(timeout=rng.uniform(0.2, 1.2))
+                p.wait(timeout=rng.uniform(0.05, 0.8))
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
