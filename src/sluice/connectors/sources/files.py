@@ -188,7 +188,8 @@ class ParquetReader(SplitReader):
     pyarrow's batch iterator followed by a conversion to Polars. The next
     :data:`_PARQUET_PREFETCH` chunks are decoded ahead on a small shared thread
     pool (decoding releases the GIL), so decoding overlaps the job's work and
-    uses another core; memory stays bounded by those chunks and the current one.
+    uses another core. Memory holds the current chunk of each file plus at most
+    :data:`_PARQUET_AHEAD_BUDGET` chunks decoded ahead in the whole process.
     """
 
     def __init__(
