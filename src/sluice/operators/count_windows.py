@@ -19,15 +19,12 @@ RocksDB checkpoint.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
 from sluice.operators.aggregations import BoundAgg
-from sluice.operators.base import Operator, OperatorContext
 from sluice.operators.partials import Partials
+from sluice.operators.stored import StoreBackedOperator
 from sluice.runtime.messages import TIME
-from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import RocksCountStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -36,7 +33,7 @@ from sluice.time.windows import Count, Global, WindowSpec
 PANE, N, TMAX, FIRE = "__pane", "__n", "__tmax", "__fire"
 
 
-class CountWindowOperator(Operator):
+class CountWindowOperator(StoreBackedOperator):
     def __init__(self, name: str, keys: list[str], spec: WindowSpec, aggs: list[BoundAgg]) -> None:
         super().__init__()
         self.name = name
@@ -60,17 +57,9 @@ class CountWindowOperator(Operator):
         self.counts: pl.DataFrame | None = None
         self._by = keys or ["__all"]
         self.store: RocksCountStore | None = None
-        self._backend: RocksDBStateBackend | None = None
-        self._final: Snapshot | None = None
-        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
-        self.rocksdb_options: Any = None
 
-    def open(self, ctx: OperatorContext) -> None:
-        super().open(ctx)
-        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
-        if backend is not None:
-            self._backend = backend
-            self.store = RocksCountStore(backend, self._by)
+    def _open_store(self, backend: RocksDBStateBackend) -> RocksCountStore:
+        return RocksCountStore(backend, self._by)
 
     def process_batch(self, batch: pl.DataFrame) -> None:
         if not self.keys:
@@ -183,15 +172,7 @@ class CountWindowOperator(Operator):
             )
             self.panes = self.partials.merge(p, [*by, PANE], [pl.col(N).sum(), pl.col(TMAX).max()])
 
-    def snapshot_state(self) -> Snapshot:
-        return self._snapshot(None)
-
-    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
-        return self._snapshot(checkpoint_id)
-
     def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
-        if self._final is not None:
-            return self._final
         snap = Snapshot(keys=self._by, watermark=self.watermark)
         store = self.store
         if store is not None and self._backend is not None:
@@ -220,12 +201,3 @@ class CountWindowOperator(Operator):
             return
         self.panes = panes
         self.counts = counts
-
-    def close(self) -> None:
-        if self._backend is None:
-            return
-        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
-            self._final = self.snapshot_state()  # still part of later checkpoints
-        self._backend.close()
-        self._backend = None
-        self.store = None

@@ -12,13 +12,10 @@ its own keys (one multi-get) and the expiry is a range scan of a time index.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
-from sluice.operators.base import Operator, OperatorContext
+from sluice.operators.stored import StoreBackedOperator
 from sluice.runtime.messages import TIME
-from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import RocksDedupStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -26,7 +23,7 @@ from sluice.state.snapshot import Deferred, Snapshot
 FIRST = "__first"
 
 
-class DedupOperator(Operator):
+class DedupOperator(StoreBackedOperator):
     def __init__(self, name: str, keys: list[str], within_ms: int, event_time: bool) -> None:
         super().__init__()
         self.name = name
@@ -35,18 +32,10 @@ class DedupOperator(Operator):
         self.event_time = event_time
         self.state = pl.DataFrame()
         self.store: RocksDedupStore | None = None
-        self._backend: RocksDBStateBackend | None = None
-        self._final: Snapshot | None = None
         self._next_expiry = 0
-        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
-        self.rocksdb_options: Any = None
 
-    def open(self, ctx: OperatorContext) -> None:
-        super().open(ctx)
-        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
-        if backend is not None:
-            self._backend = backend
-            self.store = RocksDedupStore(backend, self.keys, self.within)
+    def _open_store(self, backend: RocksDBStateBackend) -> RocksDedupStore:
+        return RocksDedupStore(backend, self.keys, self.within)
 
     def _times(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self.event_time and TIME in batch.columns:
@@ -113,15 +102,7 @@ class DedupOperator(Operator):
             self._next_expiry = now + max(self.within, 1)
             self._expire(now)
 
-    def snapshot_state(self) -> Snapshot:
-        return self._snapshot(None)
-
-    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
-        return self._snapshot(checkpoint_id)
-
     def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
-        if self._final is not None:
-            return self._final
         snap = Snapshot(keys=self.keys, watermark=self.watermark)
         if self.store is not None and self._backend is not None:
             if checkpoint_id is None or self.store.key_schema is None:
@@ -152,12 +133,3 @@ class DedupOperator(Operator):
                 self.store.restore(st)
         else:
             self.state = st
-
-    def close(self) -> None:
-        if self._backend is None:
-            return
-        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
-            self._final = self.snapshot_state()  # still part of later checkpoints
-        self._backend.close()
-        self._backend = None
-        self.store = None

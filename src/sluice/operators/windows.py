@@ -29,18 +29,17 @@ numbering and late-row rescue live in :mod:`sluice.operators.sessions`.
 from __future__ import annotations
 
 from math import ceil
-from typing import Any
 
 import polars as pl
 
 from sluice.operators import window_panes
 from sluice.operators.aggregations import BoundAgg
-from sluice.operators.base import Operator, OperatorContext
+from sluice.operators.base import OperatorContext
 from sluice.operators.partials import PS, Panes, Partials
 from sluice.operators.sessions import rescue_late_rows, session_partials, with_session_ids
+from sluice.operators.stored import StoreBackedOperator
 from sluice.operators.window_columns import DIRTY, FIRED, SEQ, UPD, WE, WS
 from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
-from sluice.state.backends import rocksdb_for
 from sluice.state.rocks_tables import WKEY, RocksWindowStore
 from sluice.state.rocksdb import RocksDBStateBackend
 from sluice.state.snapshot import Deferred, Snapshot
@@ -50,7 +49,7 @@ _COMPACT_ROWS = 200_000
 _COMPACT_FRAMES = 16
 
 
-class WindowOperator(Operator):
+class WindowOperator(StoreBackedOperator):
     """Aggregates keyed (or non-keyed, ``keys=[]``) windows."""
 
     def __init__(
@@ -82,10 +81,6 @@ class WindowOperator(Operator):
         self._batch_no = 0
         #: The RocksDB table of the state, when the job's backend is rocksdb.
         self.store: RocksWindowStore | None = None
-        self._backend: RocksDBStateBackend | None = None
-        self._final: Snapshot | None = None
-        #: :class:`~sluice.state.rocksdb.RocksDBOptions` for this operator (else the job's).
-        self.rocksdb_options: Any = None
         #: Pane slicing of sliding windows (None: one state row per window).
         self.panes: Panes | None = None
         self.pgroup = [*keys, PS]
@@ -96,17 +91,11 @@ class WindowOperator(Operator):
             self.trigger.on_update or self.trigger.every_ms
         )
 
+    def _open_store(self, backend: RocksDBStateBackend) -> RocksWindowStore:
+        return RocksWindowStore(backend, self.keys, sessions=self.session, track_dirty=self._track)
+
     def open(self, ctx: OperatorContext) -> None:
         super().open(ctx)
-        backend = rocksdb_for(ctx.config, ctx.name, ctx.subtask, self.rocksdb_options)
-        if backend is not None:
-            self._backend = backend
-            early = self.trigger is not None and bool(
-                self.trigger.on_update or self.trigger.every_ms
-            )
-            self.store = RocksWindowStore(
-                backend, self.keys, sessions=self.session, track_dirty=early
-            )
         spec = self.spec
         if (
             isinstance(spec, Sliding)
@@ -464,15 +453,7 @@ class WindowOperator(Operator):
 
     _ended = False
 
-    def snapshot_state(self) -> Snapshot:
-        return self._snapshot(None)
-
-    def checkpoint_snapshot(self, checkpoint_id: int) -> Snapshot:
-        return self._snapshot(checkpoint_id)
-
     def _snapshot(self, checkpoint_id: int | None) -> Snapshot:
-        if self._final is not None:
-            return self._final
         if self.store is not None:
             return self._stored_snapshot(
                 Snapshot(keys=self.keys, watermark=self.watermark), checkpoint_id
@@ -512,12 +493,3 @@ class WindowOperator(Operator):
     def on_end(self) -> None:
         self._ended = True
         self._fire(MAX_TIME)
-
-    def close(self) -> None:
-        if self._backend is None:
-            return
-        if self.finished and self.ctx is not None and self.ctx.checkpoints is not None:
-            self._final = self.snapshot_state()  # still part of later checkpoints
-        self._backend.close()
-        self._backend = None
-        self.store = None
