@@ -150,6 +150,40 @@ def test_interval_join_matches_duckdb(parallelism: int, how: str, lo: int, up: i
     assert same_rows(got, want)
 
 
+@pytest.mark.parametrize("how", ["inner", "left", "full"])
+def test_interval_join_on_out_of_order_input_matches_duckdb(how: str) -> None:
+    # times move forward with a disorder of up to 200 ms and the watermark lags
+    # by 250 ms: nothing is late, many small batches are stored as many chunks,
+    # and each watermark expires part of a chunk
+    r = random.Random(11)
+
+    def side(n: int, seed_col: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "k": [r.randrange(8) for _ in range(n)],
+                seed_col: [r.randrange(1000) for _ in range(n)],
+                "t": [max(0, i * 3 + r.randrange(-200, 1)) for i in range(n)],
+            }
+        )
+
+    left, right = side(1_500, "a"), side(1_200, "b").rename({"k": "key"})
+
+    def build(f: sl.Flow) -> sl.Stream:
+        ls = f.source(sl.sources.memory(left, batch_size=7), time="t", watermark=250)
+        rs = f.source(sl.sources.memory(right, batch_size=9), time="t", watermark=250)
+        return ls.interval_join(rs, left_on="k", right_on="key", lower=-40, upper=25, how=how)
+
+    got = run_collect(build)
+    want = sql(
+        f"""SELECT COALESCE(l.k, r.key) AS k, l.a, l.t, r.b, r.t AS t_right
+            FROM l {how.upper()} JOIN r ON l.k = r.key AND r.t BETWEEN l.t - 40 AND l.t + 25""",
+        l=left,
+        r=right,
+    )
+    assert want.height > 2_000
+    assert same_rows(got, want)
+
+
 def test_interval_join_output_time_and_held_back_watermark() -> None:
     left = pl.DataFrame({"k": [1, 2], "t": [100, 200]})
     right = pl.DataFrame({"k": [1, 3], "t": [150, 900]})

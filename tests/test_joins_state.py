@@ -127,15 +127,16 @@ def _build(f: sl.Flow, kind: str) -> sl.Stream:
     rs = f.source(_Files(RIGHT), time="t")
     if kind == "regular":
         return ls.join(rs, left_on="k", right_on="key")
-    if kind == "interval":
-        return ls.interval_join(rs, left_on="k", right_on="key", lower=-300, upper=200, how="full")
+    if kind.startswith("interval"):
+        how = "inner" if kind == "interval_inner" else "full"
+        return ls.interval_join(rs, left_on="k", right_on="key", lower=-300, upper=200, how=how)
     tw = sl.windows.sliding(1_000, 500)
     return ls.assign_windows(tw).window_join(
         rs.assign_windows(tw), left_on="k", right_on="key", how="full"
     )
 
 
-@pytest.mark.parametrize("kind", ["regular", "interval", "window"])
+@pytest.mark.parametrize("kind", ["regular", "interval", "interval_inner", "window"])
 def test_stop_and_resume_at_other_parallelism_gives_the_failure_free_output(tmp_path, kind):
     ref = sl.sinks.collect()
     f = sl.Flow("job")

@@ -142,16 +142,19 @@ class WindowOperator(StoreBackedOperator):
             return
         if self.processing:
             batch = batch.with_columns(pl.lit(self.ctx.now() if self.ctx else 0).alias(TIME))
-        assigned = self._assign(batch)
         wm = self.watermark if not self.processing else MIN_TIME
-        if wm > MIN_TIME and not isinstance(self.spec, Global):
-            assigned = self._drop_late(batch, assigned, wm)
-            if assigned.height == 0:
-                return
-        if self.session:
-            part = self._sessions_from_rows(assigned)
+        if isinstance(self.spec, Tumbling) and not self._maybe_late(batch, wm):
+            part = self._tumbling_partials(batch)
         else:
-            part = self.partials.from_rows(assigned, self.group)
+            assigned = self._assign(batch)
+            if wm > MIN_TIME and not isinstance(self.spec, Global):
+                assigned = self._drop_late(batch, assigned, wm)
+                if assigned.height == 0:
+                    return
+            if self.session:
+                part = self._sessions_from_rows(assigned)
+            else:
+                part = self.partials.from_rows(assigned, self.group)
         part = part.with_columns(pl.lit(True).alias(DIRTY), pl.lit(False).alias(FIRED))
         if self.store is not None:
             self._process_stored(part, wm)
@@ -172,6 +175,34 @@ class WindowOperator(StoreBackedOperator):
             self._early_fire()
         elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
             self._compact()  # keep firing cheap: merge many small partials early
+
+    def _maybe_late(self, batch: pl.DataFrame, wm: int) -> bool:
+        """Whether a row of ``batch`` may be late for a tumbling window: its
+        earliest row's window is past cleanup (window ends grow with time)."""
+        if wm == MIN_TIME:
+            return False
+        spec = self.spec
+        assert isinstance(spec, Tumbling)
+        first = batch.get_column(TIME).min()
+        if first is None:
+            return False
+        t = int(first)  # type: ignore[arg-type]
+        end = t - (t - spec.offset_ms) % spec.size_ms + spec.size_ms
+        return end - 1 + self.lateness <= wm
+
+    def _tumbling_partials(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """A batch's partials per (key, tumbling window), none of its rows late:
+        grouped by the window start alone (the end follows from it), which
+        Polars aggregates by slices when the batch is in time order and unkeyed."""
+        spec = self.spec
+        assert isinstance(spec, Tumbling)
+        t = pl.col(TIME)
+        ws = t - (t - spec.offset_ms) % spec.size_ms
+        if not self.keys and batch.get_column(TIME).is_sorted():
+            ws = ws.set_sorted()
+        part = self.partials.from_rows(batch.with_columns(ws.alias(WS)), [*self.keys, WS])
+        part = part.with_columns((pl.col(WS) + spec.size_ms).alias(WE))
+        return part.select(*self.group, pl.exclude(self.group))
 
     def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
         late = pl.col(WE) - 1 + self.lateness <= wm
@@ -248,10 +279,13 @@ class WindowOperator(StoreBackedOperator):
             self.next_fire = MAX_TIME
             self.next_cleanup = MAX_TIME
             return
-        unf = st.filter(~pl.col(FIRED) | pl.col(DIRTY)).get_column(WE).min()
-        self.next_fire = int(unf) - 1 if unf is not None else MAX_TIME  # type: ignore[arg-type]
         mn = st.get_column(WE).min()
         self.next_cleanup = min(int(mn) - 1 + self.lateness, MAX_TIME)  # type: ignore[arg-type]
+        if not self.lateness:  # no fired window is kept: every one is still to fire
+            self.next_fire = int(mn) - 1  # type: ignore[arg-type]
+            return
+        unf = st.filter(~pl.col(FIRED) | pl.col(DIRTY)).get_column(WE).min()
+        self.next_fire = int(unf) - 1 if unf is not None else MAX_TIME  # type: ignore[arg-type]
 
     def _fire(self, wm: int) -> None:
         if self.panes is not None:
@@ -269,10 +303,11 @@ class WindowOperator(StoreBackedOperator):
         due = st.filter(due_mask)
         if due.height:
             self._emit_results(due)
-            st = st.with_columns(
-                pl.when(due_mask).then(False).otherwise(pl.col(DIRTY)).alias(DIRTY),
-                pl.when(due_mask).then(True).otherwise(pl.col(FIRED)).alias(FIRED),
-            )
+            if self.lateness and wm != MAX_TIME:  # fired windows are kept a while
+                st = st.with_columns(
+                    pl.when(due_mask).then(False).otherwise(pl.col(DIRTY)).alias(DIRTY),
+                    pl.when(due_mask).then(True).otherwise(pl.col(FIRED)).alias(FIRED),
+                )
         if wm == MAX_TIME:
             st = st.clear()
         else:
