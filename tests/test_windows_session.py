@@ -278,3 +278,27 @@ def test_sessions_with_parallelism_1_and_4_agree():
     assert one.late_dropped == 0 and four.late_dropped == 0
     assert rows_of(one.out, *S) == rows_of(four.out, *S)
     assert one.out["n"].sum() == 200
+
+
+def test_a_batch_shorter_than_the_gap_is_one_session_per_key_in_arrival_order():
+    # every window of the batch overlaps every other: each key's rows are one
+    # session; collect_list keeps arrival order, first/last go by event time
+    rows = [ev("a", 300, 1), ev("b", 100, 2), ev("a", 100, 3), ev("b", 900, 4), ev("a", 200, 5)]
+    aggs = {
+        "n": sl.agg.count(),
+        "amounts": sl.agg.collect_list("amount"),
+        "first": sl.agg.first("amount"),
+        "last": sl.agg.last("amount"),
+    }
+    got = run_sessions(rows, "1s", watermark="5s", batch_size=5, aggs=aggs)
+    assert rows_of(got.out, "user", "window_start", "window_end", "n", "first", "last") == [
+        ("a", 100, 1300, 3, 3, 1),
+        ("b", 100, 1900, 2, 2, 4),
+    ]
+    lists = dict(got.out.select("user", "amounts").rows())
+    assert lists == {"a": [1, 3, 5], "b": [2, 4]}
+    # the same rows one at a time give the same sessions
+    one = run_sessions(rows, "1s", watermark="5s", batch_size=1, aggs=aggs)
+    assert rows_of(one.out, "user", "window_start", "window_end", "n", "first", "last") == (
+        rows_of(got.out, "user", "window_start", "window_end", "n", "first", "last")
+    )

@@ -34,6 +34,8 @@ class BoundAgg:
     post_partial: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     post_merge: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     finalize: Callable[[pl.DataFrame], pl.Series] | None = None
+    #: the input columns the expressions read (None: possibly every column)
+    inputs: list[str] | None = None
 
 
 class Agg(ABC):
@@ -339,5 +341,11 @@ def bind_all(aggs: dict[str, Agg]) -> list[BoundAgg]:
             raise ConfigError(
                 f"aggregation {name!r}: expected an sl.agg.* aggregation, got {type(a).__name__}"
             )
-        out.append(a.bind(name, f"__p{i}"))
+        bound = a.bind(name, f"__p{i}")
+        column = getattr(a, "column", None)
+        if column is not None:
+            bound.inputs = [column]
+        elif not isinstance(a, _Custom):  # a count of rows; a custom one reads them all
+            bound.inputs = []
+        out.append(bound)
     return out

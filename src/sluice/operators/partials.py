@@ -60,6 +60,16 @@ class Partials:
         return out.drop(self.cols)
 
     @property
+    def inputs(self) -> list[str] | None:
+        """The input columns the aggregations read (None: possibly all)."""
+        cols: list[str] = []
+        for a in self.aggs:
+            if a.inputs is None:
+                return None
+            cols.extend(c for c in a.inputs if c not in cols)
+        return cols
+
+    @property
     def out_names(self) -> list[str]:
         return [a.out for a in self.aggs]
 

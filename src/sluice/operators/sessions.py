@@ -60,6 +60,13 @@ def session_partials(
 ) -> pl.DataFrame:
     """One partial row per session of ``rows`` (one row per element, with its
     window ``[t, t + gap)``), stamped ``__seq = seq``."""
+    extra = [pl.col(WS).min(), pl.col(WE).max(), pl.lit(seq, pl.Int64).alias(SEQ)]
+    if keys and rows.height:
+        last_start, first_end = rows.get_column(WS).max(), rows.get_column(WE).min()
+        if last_start <= first_end:  # type: ignore[operator]
+            # every window overlaps every other (the batch spans less than the
+            # gap): one session per key, aggregated in arrival order as is
+            return partials.from_rows(rows, keys, extra)
     # sessionize in time order, aggregate in arrival order (collect_list,
     # ties of first/last). Rows usually arrive in time order: then a stable
     # sort by key alone gives time order per key that is also arrival order.
@@ -70,12 +77,7 @@ def session_partials(
     else:
         rows = rows.with_row_index("__arr").sort([*keys, WS])
         rows = with_session_ids(rows, keys).sort("__arr").drop("__arr")
-    parts = partials.from_rows(
-        rows,
-        [*keys, "__sid"],
-        [pl.col(WS).min(), pl.col(WE).max(), pl.lit(seq, pl.Int64).alias(SEQ)],
-    )
-    return parts.drop("__sid")
+    return partials.from_rows(rows, [*keys, "__sid"], extra).drop("__sid")
 
 
 def rescue_late_rows(

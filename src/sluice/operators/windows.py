@@ -146,7 +146,7 @@ class WindowOperator(StoreBackedOperator):
         if isinstance(self.spec, Tumbling) and not self._maybe_late(batch, wm):
             part = self._tumbling_partials(batch)
         else:
-            assigned = self._assign(batch)
+            assigned = self._assign(self._narrow(batch))
             if wm > MIN_TIME and not isinstance(self.spec, Global):
                 assigned = self._drop_late(batch, assigned, wm)
                 if assigned.height == 0:
@@ -175,6 +175,16 @@ class WindowOperator(StoreBackedOperator):
             self._early_fire()
         elif self.pending_rows > _COMPACT_ROWS or len(self.pending) >= _COMPACT_FRAMES:
             self._compact()  # keep firing cheap: merge many small partials early
+
+    def _narrow(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """``batch`` without the columns no aggregation reads, so that sorting
+        (sessions) or copying (sliding windows) does not move them."""
+        need = self.partials.inputs
+        spec = self.spec
+        if need is None or (isinstance(spec, Session) and spec.gap_expr is not None):
+            return batch
+        cols = [c for c in batch.columns if c in (*self.keys, TIME, *need)]
+        return batch.select(cols) if len(cols) < batch.width else batch
 
     def _maybe_late(self, batch: pl.DataFrame, wm: int) -> bool:
         """Whether a row of ``batch`` may be late for a tumbling window: its
@@ -205,6 +215,9 @@ class WindowOperator(StoreBackedOperator):
         return part.select(*self.group, pl.exclude(self.group))
 
     def _drop_late(self, batch: pl.DataFrame, assigned: pl.DataFrame, wm: int) -> pl.DataFrame:
+        first_end = assigned.get_column(WE).min()
+        if first_end is None or int(first_end) - 1 + self.lateness > wm:  # type: ignore[arg-type]
+            return assigned  # no window of the batch is past cleanup
         late = pl.col(WE) - 1 + self.lateness <= wm
         if self.session and assigned.select(late.any()).item():
             late = rescue_late_rows(assigned, late, self.keys, self._kept_sessions)
@@ -255,9 +268,9 @@ class WindowOperator(StoreBackedOperator):
             )
         flags = [pl.col(DIRTY).any(), pl.col(FIRED).all()]
         if self.session:
-            allp = with_session_ids(allp.sort([*self.keys, WS]), self.keys).sort(
-                SEQ, maintain_order=True
-            )
+            allp = with_session_ids(allp.sort([*self.keys, WS]), self.keys)
+            if not self.partials.order_free:  # merge in arrival order
+                allp = allp.sort(SEQ, maintain_order=True)
             merged = self.partials.merge(
                 allp,
                 [*self.keys, "__sid"],
