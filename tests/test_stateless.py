@@ -28,6 +28,39 @@ def test_filter_select_with_columns_match_polars():
     assert same_rows(got, want)
 
 
+def test_select_of_plain_columns_keeps_event_time_and_order():
+    # a select of column names (strings or sl.col) takes the columns directly; the
+    # result is the same as Polars' select, the event time still feeds a window
+    df = pl.DataFrame(ROWS)
+
+    def build(f: sl.Flow) -> sl.Stream:
+        s = f.source(sl.sources.memory(df, batch_size=17), time="ts")
+        return (
+            s.select(pl.col("amount"), "user")
+            .key_by("user")
+            .window(sl.windows.tumbling(100))
+            .agg(total=sl.agg.sum("amount"))
+        )
+
+    got = run_collect(build)
+    want = (
+        df.group_by("user", (pl.col("ts") // 100).alias("w"))
+        .agg(total=pl.col("amount").sum())
+        .drop("w")
+    )
+    assert same_rows(got.select("user", "total"), want)
+    plain = run_collect(lambda f: f.source(df).select("kind", sl.col("user")))
+    assert plain.columns == ["kind", "user"]
+    assert same_rows(plain, df.select("kind", "user"))
+
+
+def test_select_of_a_missing_column_names_the_operator():
+    flow = sl.Flow("missing")
+    flow.source([{"x": 1}]).select("x", "nope").sink(sl.sinks.collect())
+    with pytest.raises(sl.JobError, match="select.*nope"):
+        flow.run()
+
+
 def test_map_flat_map_keep_event_time_and_feed_windows():
     rows = [{"k": "a", "ts": 100, "v": 1}, {"k": "a", "ts": 1100, "v": 2}]
     got = run_collect(

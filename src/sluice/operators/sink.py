@@ -13,8 +13,11 @@ from sluice.state.snapshot import Snapshot
 
 def user_columns(batch: pl.DataFrame) -> pl.DataFrame:
     """Drop the engine's internal ``__`` columns."""
-    internal = [c for c in batch.columns if c.startswith("__")]
-    return batch.drop(internal) if internal else batch
+    cols = batch.columns
+    keep = [c for c in cols if not c.startswith("__")]
+    if len(keep) == len(cols):
+        return batch
+    return batch[keep] if keep else batch.drop(cols)
 
 
 class SinkOperator(Operator):

@@ -329,7 +329,10 @@ class SourceOperator(Operator):
         if isinstance(spec.time, str) and spec.time not in df.columns:
             self._bad(rb, 0, f"event-time column {spec.time!r} is missing (columns: {df.columns})")
             return df.clear()
-        raw = df.select(expr.alias("__raw")).get_column("__raw")
+        if isinstance(spec.time, str):
+            raw = df.get_column(spec.time)
+        else:
+            raw = df.select(expr.alias("__raw")).get_column("__raw")
         ts = self._to_millis(raw)
         bad = ts.is_null()
         if bad.any():
@@ -345,7 +348,8 @@ class SourceOperator(Operator):
             keep = ~bad
             df = df.filter(keep)
             ts = ts.filter(keep)
-        return df.with_columns(ts.alias(TIME))
+        ts = ts.alias(TIME)
+        return df.with_columns(ts) if TIME in df.schema else df.hstack([ts])
 
     def _to_millis(self, raw: pl.Series) -> pl.Series:
         dt = raw.dtype

@@ -42,15 +42,39 @@ class SelectOp(Operator):
         self.exprs = exprs
         self.named = named
         self.keep_all = keep_all
+        #: a select of plain column names: taken without the query engine
+        self.names = None if keep_all or named else _plain_names(exprs)
 
     def process_batch(self, batch: pl.DataFrame) -> None:
         if self.keep_all:
             out = batch.with_columns(*self.exprs, **self.named)
+        elif self.names is not None and all(c in batch.schema for c in self.names):
+            names = self.names
+            if TIME in batch.schema and TIME not in names:
+                names = [*names, TIME]
+            out = batch[names]
         else:
             out = batch.select(*self.exprs, **self.named)
             if TIME in batch.columns and TIME not in out.columns:
-                out = out.with_columns(batch.get_column(TIME))
+                out = out.hstack([batch.get_column(TIME)])
         self.emit(out)
+
+
+def _plain_names(exprs: list[Any]) -> list[str] | None:
+    """The column names when every expression is one (a string or ``pl.col(name)``),
+    distinct; else None."""
+    names: list[str] = []
+    for e in exprs:
+        if isinstance(e, str):
+            name = e
+        elif isinstance(e, pl.Expr) and e.meta.is_column():
+            name = e.meta.output_name()
+        else:
+            return None
+        if name in names:
+            return None
+        names.append(name)
+    return names or None
 
 
 def _user_rows(batch: pl.DataFrame) -> list[dict[str, Any]]:
