@@ -40,10 +40,10 @@ def test_run_writes_results_and_reports(tmp_path: Path) -> None:
 
 
 def test_bench_runs_each_query_in_its_own_process(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["nexmark", "bench", "q0", "2", "--events", "3000", "--json"])
+    r = runner.invoke(app, ["nexmark", "bench", "q0", "2,q1", "--events", "3000", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output[r.output.index("[") :])
-    assert [x["query"] for x in rows] == ["q0", "q2"]
+    assert [x["query"] for x in rows] == ["q0", "q2", "q1"]
     assert rows[0]["rows"] == generate(NexmarkConfig(events=3000)).bid.height
 
 

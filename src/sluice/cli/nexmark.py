@@ -131,7 +131,8 @@ def run_cmd(
 @nexmark_app.command()
 def bench(
     queries: Annotated[
-        list[str] | None, typer.Argument(help="Queries to run (default: all).")
+        list[str] | None,
+        typer.Argument(help="Queries to run, e.g. q0 q5 or q0,q5 (default: all)."),
     ] = None,
     events: Annotated[
         int | None, typer.Option("--events", "-n", help="Generate this many events per query.")
@@ -150,7 +151,8 @@ def bench(
 
     with handle_errors(debug):
         _check_source(events, data_dir)
-        names = [get(q).name for q in queries] if queries else list(QUERIES)
+        asked = [q for arg in queries or [] for q in arg.split(",") if q.strip()]
+        names = [get(q.strip()).name for q in asked] if asked else list(QUERIES)
         rows = []
         for q in names:
             args = [sys.executable, "-m", "sluice.cli.main", "nexmark", "run", q, "--json"]
