@@ -115,10 +115,8 @@ def fire(op: WindowOperator, wm: int, p: Panes) -> None:
     allp = frames[0] if allp is None and frames else allp
     after = op._fired
     if allp is not None and allp.height and wm > after:
-        ps = pl.col(PS)
-        due = allp.lazy().filter((ps + (p.pane - 1) <= wm) & (ps + (p.size - 1) > after))
-        wins = op.partials.merge(p.windows_lazy(due, after, wm), op.group)
-        if wins.height:
+        wins = _closing_windows(op, allp, after, wm, p)
+        if wins is not None and wins.height:
             op._emit_results(wins)
     op._fired = max(after, wm)
     if allp is not None:
@@ -128,6 +126,44 @@ def fire(op: WindowOperator, wm: int, p: Panes) -> None:
             keep = allp.filter(p.cleanup(pl.col(PS), op.lateness) > wm)
             op.state = op._merge(keep) if len(frames) > 1 else keep
     op._recompute_bounds()
+
+
+#: at most this many windows closing at once are merged one by one
+_PER_WINDOW = 8
+
+
+def _closing_windows(
+    op: WindowOperator, allp: pl.DataFrame, after: int, wm: int, p: Panes
+) -> pl.DataFrame | None:
+    """The merged windows ending in ``(after, wm]`` from the pane partials ``allp``.
+
+    A watermark usually closes one or a few windows: each is then merged from
+    its own panes (a range of pane starts) with one ``group_by`` on the keys.
+    Many at once (the end of input, a jump of the watermark) go through one
+    query that lists every pane once per window."""
+    ps = pl.col(PS)
+    pane_starts = allp.get_column(PS)
+    lo, hi = int(pane_starts.min()), int(pane_starts.max())  # type: ignore[arg-type]
+    # windows ending in (after, wm] that hold a pane of allp: start in
+    # (max(after, lo + size - 1) - size + 1 .. min(wm - size + 1, hi)], on the grid
+    first = max(after - p.size + 2, lo - p.size + 1)
+    first += (p.offset - first) % p.slide
+    last = min(wm - p.size + 1, hi)
+    starts = range(first, last + 1, p.slide)
+    if not op.keys or len(starts) > _PER_WINDOW:
+        due = allp.lazy().filter((ps + (p.pane - 1) <= wm) & (ps + (p.size - 1) > after))
+        return op.partials.merge(p.windows_lazy(due, after, wm), op.group)
+    out = []
+    for ws in starts:
+        rows = allp.filter((ps >= ws) & (ps < ws + p.size))
+        if rows.height:
+            w = op.partials.merge(rows, op.keys)
+            out.append(
+                w.with_columns(
+                    pl.lit(ws, pl.Int64).alias(WS), pl.lit(ws + p.size, pl.Int64).alias(WE)
+                )
+            )
+    return pl.concat(out, how="vertical_relaxed") if out else None
 
 
 def early_fire(op: WindowOperator, p: Panes) -> None:
