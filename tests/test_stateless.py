@@ -57,7 +57,7 @@ def test_select_of_plain_columns_keeps_event_time_and_order():
 def test_select_of_a_missing_column_names_the_operator():
     flow = sl.Flow("missing")
     flow.source([{"x": 1}]).select("x", "nope").sink(sl.sinks.collect())
-    with pytest.raises(sl.JobError, match="select.*nope"):
+    with pytest.raises(sl.JobError, match=r"select.*nope"):
         flow.run()
 
 

@@ -1,4 +1,4 @@
-"""One partition of a topic: appends under a writer lock, segment rolls, recovery.
+"""One partition of a topic: appends under a writer lock, segment rolls.
 
 Appending (:meth:`Partition.append`) takes the partition's ``flock`` writer
 lock, so any number of producer threads and processes can write the same
@@ -13,132 +13,57 @@ checksummed batches below the published high watermark are ever read.
 log sink: under the same lock it first counts the records a producer id and
 sequence already have in the partition after a given offset (from the
 producer-state snapshot, :mod:`sluice.log.producer_state`, below the offset
-it covers, from the batch headers after it), and appends only the missing
-ones (see :mod:`sluice.log.transactions`).
+it covers, from the batch headers after it; see
+:mod:`sluice.log.producer_records`), and appends only the missing ones (see
+:mod:`sluice.log.transactions`).
 
 Recovery (:meth:`Partition.recover`) runs when the head cannot be trusted (the
 machine rebooted since it was written, it is missing or half written): every
 segment from the recovery point on is re-read, checksums verified, the first
 bad or incomplete batch and everything after it are truncated, and the indexes
 of the checked segments are rebuilt. Missing index files of older segments are
-rebuilt too.
+rebuilt too. The repair code is in :mod:`sluice.log.recovery`; segment scans
+are in :mod:`sluice.log.segment_scan`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import fcntl
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sluice.log.clock import now_ms
 from sluice.log.config import TopicConfig, fsync_dir
 from sluice.log.errors import LogError, LogFullError
-from sluice.log.format import HEADER_SIZE, BatchHeader, PreparedBatch, check_crc, parse_header
-from sluice.log.index import (
-    OFFSET_ENTRY,
-    TIME_ENTRY,
-    load_offset_index,
-    load_time_index,
-    lookup_position,
-    pack_offset_entry,
-    pack_time_entry,
-    write_index_files,
+from sluice.log.format import PreparedBatch
+from sluice.log.index import load_time_index, pack_offset_entry, pack_time_entry
+from sluice.log.producer_records import (
+    cached_producer_state,
+    count_producer_records,
+    pstate_identity,
 )
+from sluice.log.recovery import check_tail, recover_locked, write_recovery_point
 from sluice.log.segment import (
     BOOT_ID,
     MIN_TS,
     Head,
     HeadState,
     list_segments,
-    read_batches,
     segment_path,
 )
+from sluice.log.segment_scan import MAX_SEGMENT_SPAN, SegmentScan, iter_headers, scan_segment
 
 if TYPE_CHECKING:
     from sluice.log.producer_state import ProducerState
 
 _UNKNOWN_BOOT = b"\0" * 16
 _IOV_MAX = 512
-_SCAN_CHUNK = 8 << 20
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-#: Relative offsets in the index are 32-bit: a segment rolls before exceeding this span.
-_MAX_SEGMENT_SPAN = 2**31 - 1
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class SegmentScan:
-    """What a full scan of one segment found."""
-
-    valid_end: int = 0
-    size: int = 0
-    next_offset: int | None = None
-    max_ts: int = MIN_TS
-    batches: int = 0
-    records: int = 0
-    offset_entries: list[tuple[int, int]] = field(default_factory=list)
-    time_entries: list[tuple[int, int]] = field(default_factory=list)
-    last_index_pos: int = 0
-    problem: str | None = None
-
-
-def scan_segment(
-    path: str,
-    base: int,
-    interval: int,
-    *,
-    verify: bool = True,
-    closed: bool = False,
-    chunk: int = _SCAN_CHUNK,
-) -> SegmentScan:
-    """Read a segment from its start, ``chunk`` bytes at a time, verifying checksums,
-    and compute its indexes. Stops at the first torn, malformed or corrupt batch
-    (``problem`` says which)."""
-    out = SegmentScan()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        out.size = os.fstat(fd).st_size
-        pos, prev_next = 0, base
-        while pos < out.size:
-            batches, _, problem = read_batches(fd, pos, out.size, chunk)
-            for bpos, h, buf in batches:
-                if verify and not check_crc(h, buf):
-                    out.problem = f"checksum mismatch at position {bpos}"
-                    break
-                if h.base_offset < prev_next or h.last_offset - base > _MAX_SEGMENT_SPAN:
-                    out.problem = f"offset {h.base_offset} out of order at position {bpos}"
-                    break
-                rel = h.base_offset - base
-                if bpos > 0 and bpos - out.last_index_pos >= interval:
-                    out.offset_entries.append((rel, bpos))
-                    out.time_entries.append((out.max_ts, rel))
-                    out.last_index_pos = bpos
-                out.max_ts = max(out.max_ts, h.max_timestamp)
-                out.batches += 1
-                out.records += h.record_count
-                prev_next = h.next_offset
-                out.next_offset = prev_next
-                pos = bpos + h.length
-            if out.problem is None:
-                out.problem = problem
-            if out.problem is not None or not batches:
-                break
-        out.valid_end = pos
-    finally:
-        os.close(fd)
-    if closed and out.next_offset is not None:
-        out.time_entries.append((out.max_ts, out.next_offset - base))
-    return out
 
 
 class Partition:
@@ -205,7 +130,7 @@ class Partition:
                     raise LogError(f"partition {self.name} does not exist ({self.dir})") from None
                 with self._locked():
                     self._head = Head(path, create=True)
-                    self._recover_locked()
+                    recover_locked(self)
         return self._head
 
     def state(self) -> HeadState:
@@ -283,9 +208,9 @@ class Partition:
         head = self._open_head()
         st = head.read(spins=1000) if head.valid() else None
         if st is None or not self._trusted(st):
-            return self._recover_locked()
+            return recover_locked(self)
         if st.writer != self._token or not self._checked:
-            st = self._check_tail(st)
+            st = check_tail(self, st)
         if self._active_base != st.active_base:
             self._open_active(st.active_base)
         return st
@@ -308,132 +233,15 @@ class Partition:
         self._log_fd = self._idx_fd = self._tidx_fd = None
         self._active_base = None
 
-    def _check_tail(self, st: HeadState) -> HeadState:
-        """Another writer (maybe dead) wrote since our last append: cut a torn tail,
-        fix torn index entries, drop segments a crashed roll left behind."""
-        if self._active_base != st.active_base:
-            self._open_active(st.active_base)
-        assert self._log_fd is not None and self._idx_fd is not None and self._tidx_fd is not None
-        size = os.fstat(self._log_fd).st_size
-        if size < st.active_end:
-            return self._recover_locked()
-        if size > st.active_end:
-            os.ftruncate(self._log_fd, st.active_end)
-        for fd, entry in ((self._idx_fd, OFFSET_ENTRY), (self._tidx_fd, TIME_ENTRY)):
-            isize = os.fstat(fd).st_size
-            if isize % entry.itemsize:
-                os.ftruncate(fd, isize - isize % entry.itemsize)
-        bases = list_segments(self.dir)
-        for b in bases:
-            if b > st.active_base:
-                self._delete_segment_files(b)
-        if not self._checked:
-            self._ensure_indexes([b for b in bases if b < st.active_base])
-        self._checked = True
-        st.writer = self._token
-        self._head_write(st)
-        return st
-
     def _head_write(self, st: HeadState) -> None:
         assert self._head is not None
         self._head.write(st)
-
-    def _delete_segment_files(self, base: int) -> None:
-        for ext in (".log", ".index", ".timeindex"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.segment_file(base, ext))
-
-    def _ensure_indexes(self, bases: Sequence[int]) -> None:
-        for b in bases:
-            if os.path.exists(self.segment_file(b, ".index")) and os.path.exists(
-                self.segment_file(b, ".timeindex")
-            ):
-                continue
-            scan = scan_segment(
-                self.segment_file(b), b, self.config.index_interval_bytes, closed=True
-            )
-            write_index_files(self.segment_file(b, ""), scan.offset_entries, scan.time_entries)
 
     def recover(self) -> HeadState:
         """Re-validate the log from the recovery point (see the module docstring)."""
         with self._locked():
             self._open_head()
-            return self._recover_locked()
-
-    def _read_recovery_point(self) -> int:
-        try:
-            with open(os.path.join(self.dir, "recovery-point")) as f:
-                return int(f.read().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def _write_recovery_point(self, offset: int) -> None:
-        path = os.path.join(self.dir, "recovery-point")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(offset))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def _recover_locked(self) -> HeadState:
-        if self._head is None:
-            self._head = Head(os.path.join(self.dir, "head"), create=True)
-        old = self._head.read(spins=1000) if self._head.valid() else None
-        self._close_active()
-        bases = list_segments(self.dir)
-        if not bases:
-            start = self._first_offset_hint()
-            for ext in (".log", ".index", ".timeindex"):
-                open(self.segment_file(start, ext), "ab").close()
-            bases = [start]
-        rp = self._read_recovery_point()
-        first = max(0, bisect.bisect_right(bases, rp) - 1)
-        self._ensure_indexes(bases[:first])
-        interval = self.config.index_interval_bytes
-        scan = SegmentScan()
-        for i in range(first, len(bases)):
-            b = bases[i]
-            last = i == len(bases) - 1
-            scan = scan_segment(self.segment_file(b), b, interval, closed=not last)
-            if scan.valid_end < scan.size:
-                with open(self.segment_file(b), "r+b") as f:
-                    f.truncate(scan.valid_end)
-                    f.flush()
-                    os.fsync(f.fileno())
-                for later in bases[i + 1 :]:
-                    self._delete_segment_files(later)
-                bases = bases[: i + 1]
-                scan = scan_segment(self.segment_file(b), b, interval, closed=False)
-                write_index_files(self.segment_file(b, ""), scan.offset_entries, scan.time_entries)
-                break
-            write_index_files(self.segment_file(b, ""), scan.offset_entries, scan.time_entries)
-        active = bases[-1]
-        next_offset = scan.next_offset if scan.next_offset is not None else active
-        st = HeadState(
-            next_offset=next_offset,
-            active_base=active,
-            active_end=scan.valid_end,
-            active_created_ms=old.active_created_ms
-            if old and old.active_base == active
-            else now_ms(),
-            active_max_ts=scan.max_ts,
-            last_index_pos=scan.last_index_pos,
-            generation=(old.generation if old else 0) + 1,
-            boot_id=BOOT_ID,
-            writer=self._token,
-        )
-        self._head.write(st)
-        self._open_active(active)
-        self._checked = True
-        self._seg_cache = None
-        return st
-
-    def _first_offset_hint(self) -> int:
-        """Where a partition with no local segment starts: after its archive, if any."""
-        from sluice.log.archive import archived_end
-
-        return archived_end(self)
+            return recover_locked(self)
 
     def append(self, batches: Sequence[PreparedBatch], *, fsync: bool = False) -> tuple[int, int]:
         """Write ``batches`` (in order) and publish them. Returns ``(first offset, next
@@ -484,11 +292,11 @@ class Partition:
         """
         rolled = False
         while True:
-            pstate, ident = self._producer_state()
+            pstate, ident = cached_producer_state(self)
             with self._locked():
                 st = self._sync()
-                present = self._producer_records(st, pstate, producer_id, sequence, since)
-                if self._pstate_identity() != ident:
+                present = count_producer_records(self, st, pstate, producer_id, sequence, since)
+                if pstate_identity(self) != ident:
                     continue  # the cleaner covered more (and may have deleted): count again
                 if present and fsync and self._log_fd is not None:
                     # appended by an earlier attempt that may have died before its fsync
@@ -517,108 +325,11 @@ class Partition:
         neither can tell.
         """
         while True:
-            pstate, ident = self._producer_state()
+            pstate, ident = cached_producer_state(self)
             with self._locked():
-                n = self._producer_records(self._sync(), pstate, producer_id, sequence, since)
-                if self._pstate_identity() == ident:
+                n = count_producer_records(self, self._sync(), pstate, producer_id, sequence, since)
+                if pstate_identity(self) == ident:
                     return n
-
-    def _pstate_identity(self) -> tuple[int, int, int] | None:
-        from sluice.log.producer_state import identity
-
-        return identity(self)
-
-    def _producer_state(self) -> tuple[ProducerState, tuple[int, int, int] | None]:
-        """The producer-state snapshot (cached while its file is unchanged); rebuilt,
-        under the cleaner lock, when missing, corrupt or behind the log's start."""
-        from sluice.log.producer_state import (
-            ProducerStateCorruptError,
-            identity,
-            read_snapshot,
-            refresh,
-        )
-        from sluice.log.retention import cleaner_lock
-
-        ident = identity(self)
-        cached = self._pstate_cache
-        if ident is not None and cached is not None and cached[1] == ident:
-            return cached
-        state = None
-        if ident is not None:
-            try:
-                state = read_snapshot(self)
-            except (ProducerStateCorruptError, FileNotFoundError):
-                state = None
-        if state is None or state.covered > self.state().active_base:
-            with cleaner_lock(self, wait=True):
-                refresh(self)
-                ident = identity(self)
-                state = read_snapshot(self)
-            assert state is not None
-        self._pstate_cache = (state, ident)
-        return state, ident
-
-    def _producer_records(
-        self, st: HeadState, pstate: ProducerState, producer_id: int, sequence: int, since: int
-    ) -> int:
-        from sluice.log.producer_state import ProducerStateUnknownError
-
-        known, scan_from = 0, since
-        if since < pstate.covered:
-            n = pstate.count(producer_id, sequence, since)
-            if n is not None:
-                known, scan_from = n, pstate.covered
-            else:
-                bases = list_segments(self.dir)
-                start = bases[0] if bases else st.active_base
-                if since < start or self.config.compact:
-                    raise ProducerStateUnknownError(
-                        f"partition {self.name} cannot tell how many records of producer "
-                        f"{producer_id:#x} with sequence {sequence} it holds from offset "
-                        f"{since}: records from there were removed (the log starts at "
-                        f"{start}{', compacted' if self.config.compact else ''}) and the "
-                        "producer state no longer knows that producer there (it expired "
-                        "after producer_expiration, used more than "
-                        f"{_recent_sequences()} sequences since, or the snapshot was lost)"
-                    )
-        return known + self._scan_producer_records(st, producer_id, sequence, scan_from)
-
-    def _scan_producer_records(
-        self, st: HeadState, producer_id: int, sequence: int, since: int
-    ) -> int:
-        if since >= st.next_offset:
-            return 0
-        bases = list_segments(self.dir)
-        first = max(0, bisect.bisect_right(bases, since) - 1)
-        total = 0
-        for base in bases[first:]:
-            if base > st.active_base:
-                break
-            try:
-                fd = os.open(self.segment_file(base), os.O_RDONLY)
-            except FileNotFoundError:  # deleted meanwhile: the caller sees the new snapshot
-                continue
-            try:
-                end = st.active_end if base == st.active_base else os.fstat(fd).st_size
-                pos = 0
-                if since > base:
-                    rel, pos = lookup_position(
-                        load_offset_index(self.segment_file(base, ".index")), since - base
-                    )
-                    if pos:
-                        h = parse_header(os.pread(fd, HEADER_SIZE, pos))
-                        if h is None or h.base_offset != base + rel:
-                            pos = 0  # a stale index (the segment was rewritten): scan
-                for h in iter_headers(fd, pos, end):
-                    if (
-                        h.producer_id == producer_id
-                        and h.base_sequence == sequence
-                        and h.base_offset >= since
-                    ):
-                        total += h.last_offset_delta + 1
-            finally:
-                os.close(fd)
-        return total
 
     def _append_locked(
         self, st: HeadState, batches: Sequence[PreparedBatch], fsync: bool
@@ -639,7 +350,7 @@ class Partition:
             while j < len(batches):
                 b = batches[j]
                 if (
-                    size + b.size > seg_bytes or span + b.last_offset_delta >= _MAX_SEGMENT_SPAN
+                    size + b.size > seg_bytes or span + b.last_offset_delta >= MAX_SEGMENT_SPAN
                 ) and (size > 0):
                     break
                 size += b.size
@@ -726,7 +437,7 @@ class Partition:
             fd = os.open(self.segment_file(new, ext), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.close(fd)
         fsync_dir(self.dir)
-        self._write_recovery_point(new)
+        write_recovery_point(self, new)
         st = HeadState(
             next_offset=new,
             active_base=new,
@@ -785,31 +496,6 @@ class Partition:
             if self._head is not None:
                 self._head.close()
                 self._head = None
-
-
-def _recent_sequences() -> int:
-    from sluice.log.producer_state import RECENT_SEQUENCES
-
-    return RECENT_SEQUENCES
-
-
-def iter_headers(fd: int, pos: int, end: int, chunk: int = 1 << 16) -> Iterator[BatchHeader]:
-    """The batch headers of a segment file from byte ``pos`` (a batch start) to
-    ``end``, read a chunk at a time without reading payloads (no checksum check:
-    only published batches are walked). Stops at the first implausible header."""
-    buf = b""
-    bstart = pos
-    while pos + HEADER_SIZE <= end:
-        if pos < bstart or pos + HEADER_SIZE > bstart + len(buf):
-            buf = os.pread(fd, max(HEADER_SIZE, min(chunk, end - pos)), pos)
-            bstart = pos
-            if len(buf) < HEADER_SIZE:
-                return
-        h = parse_header(buf, pos - bstart)
-        if h is None:
-            return
-        yield h
-        pos += h.length
 
 
 def _pwrite_all(fd: int, bufs: list[object], pos: int) -> None:

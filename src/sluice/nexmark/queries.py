@@ -3,7 +3,9 @@
 Semantics follow the nexmark-flink SQL queries (``queries/qN.sql``): the same
 window kinds, sizes and slides, join conditions and output columns in the same
 order, named in snake_case. Each query is a function of a :class:`NexmarkInput`
-(the person, auction and bid streams) returning the result stream.
+(the person, auction and bid streams, :mod:`sluice.nexmark.inputs`) returning the
+result stream; :data:`QUERIES` registers them by name, and :func:`run_query`
+(:mod:`sluice.nexmark.runner`) runs one and measures it.
 
 >>> import sluice as sl
 >>> from sluice.nexmark.queries import QUERIES, NexmarkInput
@@ -17,8 +19,6 @@ order, named in snake_case. Each query is a function of a :class:`NexmarkInput`
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,102 +27,13 @@ from typing import Any
 import polars as pl
 
 from sluice.errors import ConfigError
+from sluice.nexmark._daily import q15, q16, q17
+from sluice.nexmark.inputs import WATERMARK, NexmarkInput
+from sluice.nexmark.runner import QueryRun, run_query
 
 #: The side input of q13: ``key,value`` rows for keys 0..9999 (nexmark-flink's
 #: ``side_input.txt``: ``i,i``), shipped with the package.
 SIDE_INPUT = Path(__file__).with_name("side_input.csv")
-
-#: nexmark-flink's watermark: ``date_time - 4 s``.
-WATERMARK = "4s"
-
-_STREAMS = ("person", "auction", "bid")
-
-
-class NexmarkInput:
-    """The three Nexmark streams of one flow, created on first use.
-
-    :meth:`generated` generates events inside the flow (one source per kind of
-    event used); :meth:`files`
-    reads the Parquet files written by ``sluice nexmark generate``.
-    """
-
-    def __init__(self, flow: Any, make: Callable[[str], Any]) -> None:
-        self.flow = flow
-        self._make = make
-        self._cache: dict[str, Any] = {}
-
-    @classmethod
-    def generated(
-        cls,
-        flow: Any,
-        *,
-        events: int,
-        seed: int = 0,
-        rate: float | None = None,
-        max_rate: float | None = None,
-        columns: dict[str, list[str]] | None = None,
-    ) -> NexmarkInput:
-        """Generate the events inside the flow: one per-kind source for each
-        stream the query uses (the same events as nexmark-flink's single
-        ``datagen`` table filtered into three views, without generating the kinds
-        or, with ``columns``, the columns the query does not read)."""
-        from sluice.nexmark.source import nexmark_streams
-
-        streams = nexmark_streams(
-            flow,
-            events=events,
-            seed=seed,
-            rate=rate,
-            max_rate=max_rate,
-            watermark=WATERMARK,
-            columns=columns,
-        )
-        return cls(flow, streams)
-
-    @classmethod
-    def files(
-        cls,
-        flow: Any,
-        data_dir: str | os.PathLike[str],
-        columns: dict[str, list[str]] | None = None,
-    ) -> NexmarkInput:
-        """Read ``person|auction|bid.parquet`` in ``data_dir``; ``columns`` reads
-        only those columns of each stream (projection pushdown)."""
-        from sluice.connectors.sources.files import parquet
-
-        d = Path(data_dir)
-        if not d.is_dir():
-            raise ConfigError(f"nexmark: input directory {str(d)!r} does not exist")
-
-        def make(kind: str) -> Any:
-            p = d / f"{kind}.parquet"
-            if not p.exists():
-                raise ConfigError(
-                    f"nexmark: {str(p)!r} is missing (write it with `sluice nexmark generate`)"
-                )
-            cols = (columns or {}).get(kind)
-            return flow.source(
-                parquet(p, columns=cols), name=kind, time="date_time", watermark=WATERMARK
-            )
-
-        return cls(flow, make)
-
-    def _get(self, kind: str) -> Any:
-        if kind not in self._cache:
-            self._cache[kind] = self._make(kind)
-        return self._cache[kind]
-
-    @property
-    def person(self) -> Any:
-        return self._get("person")
-
-    @property
-    def auction(self) -> Any:
-        return self._get("auction")
-
-    @property
-    def bid(self) -> Any:
-        return self._get("bid")
 
 
 @dataclass(frozen=True)
@@ -145,45 +56,6 @@ def _sl() -> Any:
     import sluice as sl
 
     return sl
-
-
-def _day(col: str = "window_start") -> pl.Expr:
-    return pl.col(col).dt.strftime("%Y-%m-%d")
-
-
-def _ranks() -> dict[str, pl.Expr]:
-    p = pl.col("price")
-    return {
-        "r1": p < 10_000,
-        "r2": (p >= 10_000) & (p < 1_000_000),
-        "r3": p >= 1_000_000,
-    }
-
-
-def _rank_columns(distinct: bool) -> dict[str, pl.Expr]:
-    """Columns that are non-null only in a price rank (FILTER (WHERE ...))."""
-    cols: dict[str, pl.Expr] = {}
-    for r, cond in _ranks().items():
-        cols[f"{r}_one"] = pl.when(cond).then(pl.lit(1))
-        if distinct:
-            cols[f"{r}_bidder"] = pl.when(cond).then(pl.col("bidder"))
-            cols[f"{r}_auction"] = pl.when(cond).then(pl.col("auction"))
-    return cols
-
-
-def _rank_aggs(distinct: bool) -> dict[str, Any]:
-    agg = _sl().agg
-    out: dict[str, Any] = {"total_bids": agg.count()}
-    for i in (1, 2, 3):
-        out[f"rank{i}_bids"] = agg.count(f"r{i}_one")
-    if distinct:
-        out["total_bidders"] = agg.count_distinct("bidder")
-        for i in (1, 2, 3):
-            out[f"rank{i}_bidders"] = agg.count_distinct(f"r{i}_bidder")
-        out["total_auctions"] = agg.count_distinct("auction")
-        for i in (1, 2, 3):
-            out[f"rank{i}_auctions"] = agg.count_distinct(f"r{i}_auction")
-    return out
 
 
 # -- the queries -----------------------------------------------------------------------------
@@ -470,77 +342,6 @@ def q14(n: NexmarkInput) -> Any:
     )
 
 
-_RANKED = [
-    "total_bids",
-    "rank1_bids",
-    "rank2_bids",
-    "rank3_bids",
-    "total_bidders",
-    "rank1_bidders",
-    "rank2_bidders",
-    "rank3_bidders",
-    "total_auctions",
-    "rank1_auctions",
-    "rank2_auctions",
-    "rank3_auctions",
-]
-
-
-def q15(n: NexmarkInput) -> Any:
-    """Bidding statistics per day: bids, bidders and auctions in three price ranks."""
-    sl = _sl()
-    return (
-        n.bid.with_columns(**_rank_columns(True))
-        .window(sl.windows.tumbling("1d"))
-        .agg(**_rank_aggs(True))
-        .select(_day().alias("day"), *_RANKED)
-    )
-
-
-def q16(n: NexmarkInput) -> Any:
-    """Channel statistics per day (q15 per channel, with the last minute seen)."""
-    sl = _sl()
-    return (
-        n.bid.with_columns(
-            pl.col("date_time").dt.strftime("%H:%M").alias("_minute"), **_rank_columns(True)
-        )
-        .key_by("channel")
-        .window(sl.windows.tumbling("1d"))
-        .agg(minute=sl.agg.max("_minute"), **_rank_aggs(True))
-        .select("channel", _day().alias("day"), "minute", *_RANKED)
-    )
-
-
-def q17(n: NexmarkInput) -> Any:
-    """Auction statistics per day: bids per rank and price statistics.
-
-    ``avg_price`` is BIGINT as in Flink (``AVG`` of a BIGINT truncates)."""
-    sl = _sl()
-    return (
-        n.bid.with_columns(**_rank_columns(False))
-        .key_by("auction")
-        .window(sl.windows.tumbling("1d"))
-        .agg(
-            **_rank_aggs(False),
-            min_price=sl.agg.min("price"),
-            max_price=sl.agg.max("price"),
-            sum_price=sl.agg.sum("price"),
-        )
-        .select(
-            "auction",
-            _day().alias("day"),
-            "total_bids",
-            "rank1_bids",
-            "rank2_bids",
-            "rank3_bids",
-            "min_price",
-            "max_price",
-            (pl.col("sum_price") // pl.col("total_bids")).alias("avg_price"),
-            "sum_price",
-        )
-    )
-
-
 def q20(n: NexmarkInput) -> Any:
     """Expand bid with auction: bids joined with their category-10 auction."""
     b = n.bid.select(
@@ -750,66 +551,13 @@ def get(name: str) -> Query:
     return QUERIES[key]
 
 
-@dataclass
-class QueryRun:
-    """What :func:`run_query` measured."""
-
-    query: str
-    events: int
-    rows: int
-    seconds: float
-    result: Any
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else float("inf")
-
-
-def run_query(
-    query: str,
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    events: int | None = None,
-    seed: int = 0,
-    parallelism: int = 1,
-    out: str | os.PathLike[str] | None = None,
-    sink: Any = None,
-    timeout: float | None = None,
-) -> QueryRun:
-    """Run one query on generated events and measure it.
-
-    Give ``events`` to generate that many events inside the flow, or
-    ``data_dir`` to read the Parquet files of ``sluice nexmark generate``.
-    Results go to ``sink``, else to ``out`` (a Parquet file; q10 a directory),
-    else are discarded (counted).
-    """
-    sl = _sl()
-    q = get(query)
-    if (events is None) == (data_dir is None):
-        raise ConfigError("nexmark: give either events= (generate) or data_dir= (Parquet files)")
-    flow = sl.Flow(f"nexmark-{q.name}", parallelism=parallelism)
-    if events is not None:
-        inp = NexmarkInput.generated(flow, events=events, seed=seed, columns=q.columns)
-        n_events = events
-    else:
-        assert data_dir is not None
-        inp = NexmarkInput.files(flow, data_dir, q.columns)
-        n_events = sum(
-            pl.scan_parquet(Path(data_dir) / f"{k}.parquet").select(pl.len()).collect().item()
-            for k in _STREAMS
-            if (Path(data_dir) / f"{k}.parquet").exists()
-        )
-    stream = q.build(inp)
-    if out is not None and q.sink is not None and sink is None:
-        q.sink(stream, Path(out))
-    else:
-        if sink is None:
-            sink = sl.sinks.parquet(out) if out is not None else sl.sinks.discard()
-        stream.sink(sink, name="result")
-    t0 = time.perf_counter()
-    result = flow.run(timeout=timeout)
-    dt = time.perf_counter() - t0
-    return QueryRun(q.name, n_events, result.metric("result", "records_in"), dt, result)
-
-
-__all__ = ["QUERIES", "SIDE_INPUT", "NexmarkInput", "Query", "QueryRun", "get", "run_query"]
+__all__ = [
+    "QUERIES",
+    "SIDE_INPUT",
+    "WATERMARK",
+    "NexmarkInput",
+    "Query",
+    "QueryRun",
+    "get",
+    "run_query",
+]
