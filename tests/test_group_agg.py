@@ -313,3 +313,102 @@ def test_an_unknown_column_is_named_when_the_job_runs(upsert: bool) -> None:
 
     with pytest.raises(sl.SluiceError, match=r"no .*column 'nope'"):
         run_collect(build)
+
+
+# -- state TTL ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ttl", [60, 150])
+def test_event_time_ttl_matches_a_brute_force_reference(ttl: int) -> None:
+    # one row per batch: the watermark before row i is max(t[:i]) - 40 - 1; a key's
+    # aggregate is forgotten once its latest event time + ttl <= that watermark,
+    # and its next row starts a new aggregate
+    r = random.Random(ttl)
+    rows = [
+        {"k": r.randrange(25), "x": r.randrange(100), "t": i * 5 + r.randrange(30)}
+        for i in range(400)
+    ]
+    flow = sl.Flow("ttl")
+    out = sl.sinks.collect()
+    res = (
+        flow.source(sl.sources.memory(rows, batch_size=1), time="t", watermark="40ms")
+        .key_by("k")
+        .agg(ttl=ttl, n=sl.agg.count(), sx=sl.agg.sum("x"), mx=sl.agg.max("x"))
+    )
+    res.sink(out)
+    job = flow.run()
+    state: dict[int, tuple[int, int, int, int]] = {}  # k -> (n, sx, mx, tmax)
+    want, hi, expired = [], None, 0
+    for row in rows:
+        wm = -(2**63) if hi is None else hi - 40 - 1
+        k, x, t = row["k"], row["x"], row["t"]
+        if k in state and state[k][3] + ttl <= wm:
+            del state[k]
+            expired += 1
+        n, sx, mx, tmax = state.get(k, (0, 0, x, t))
+        state[k] = (n + 1, sx + x, max(mx, x), max(tmax, t))
+        want.append({"k": k, "n": n + 1, "sx": sx + x, "mx": max(mx, x)})
+        hi = t if hi is None else max(hi, t)
+    assert expired > 10
+    got = out.to_polars()
+    assert got.to_dicts() == want  # one row per batch: the upsert stream in input order
+    assert job.metric("agg", "groups_expired") >= expired
+
+
+def test_processing_time_ttl_never_merges_an_expired_group() -> None:
+    from tests.test_joins_state import _FakeClock
+
+    clock = _FakeClock()
+    op = GroupAggOperator("agg", ["k"], {"n": sl.agg.count()}, False, 1_000, event_time=False)
+    out = _Out()
+    op.output.main.append(out)
+    op.open(OperatorContext("agg", 0, 1, TimerService(clock), Metrics()))
+    op.push_batch(pl.DataFrame({"k": [1, 2]}))
+    clock.t = 999
+    op.push_batch(pl.DataFrame({"k": [1]}))  # k=1 refreshed: expires at 1999
+    clock.t = 1_000  # k=2 expired now, with no watermark or timer
+    op.push_batch(pl.DataFrame({"k": [2, 1]}))
+    rows = [sorted(b.rows()) for b in out.batches]
+    assert rows == [[(1, 1), (2, 1)], [(1, 2)], [(1, 3), (2, 1)]]
+    assert op.state_rows() == 2
+
+
+def test_ttl_state_survives_a_checkpoint(tmp_path: Any) -> None:
+    # the TTL state (latest event time per key) is part of the snapshot: a job
+    # stopped and resumed many times emits exactly the failure-free run's rows
+    r = random.Random(3)
+    rows = [{"k": r.randrange(5), "t": i * 4 + r.randrange(20)} for i in range(150)]
+
+    def build(f: sl.Flow) -> sl.Stream:
+        s = f.source(sl.sources.memory(rows, batch_size=1), time="t", watermark="30ms")
+        return s.key_by("k").agg(ttl=60, n=sl.agg.count())
+
+    ref = sl.sinks.collect()
+    f = sl.Flow("job")
+    build(f).sink(ref)
+    f.run()
+    want = ref.to_polars()
+    assert want.get_column("n").max() < 40  # keys were forgotten and started again
+    parts = []
+    for attempt in range(60):
+        f = sl.Flow("job")
+        sink = StopAfter(f, 10 + attempt % 7)
+        build(f).sink(sink)
+        res = f.run(checkpoint_dir=tmp_path, checkpoint_interval=None)
+        parts.append(sink.to_polars())
+        if not res.stopped:
+            break
+    else:
+        pytest.fail("the job never finished")
+    assert attempt >= 5
+    got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
+    assert got.to_dicts() == want.to_dicts()
+
+
+def test_ttl_is_refused_where_it_cannot_hold() -> None:
+    f = sl.Flow("bad")
+    s = f.source([{"k": 1, "x": 2}])
+    with pytest.raises(sl.ConfigError, match="not an aggregation name"):
+        s.key_by("k").agg(ttl=sl.agg.count())
+    with pytest.raises(sl.ConfigError, match="needs an append-only input"):
+        s.key_by("k").top_n(1, "x").key_by("k").agg(ttl="1h", n=sl.agg.count())
+    with pytest.raises(sl.ConfigError, match="ttl"):
+        s.key_by("k").agg(ttl=0, n=sl.agg.count())

@@ -350,3 +350,101 @@ def test_unknown_columns_are_named_when_the_job_runs(by: str, rank: str, match: 
         run_collect(
             lambda f: f.source([{"k": 1, "v": 2, "v2": 0}]).key_by("k").top_n(1, by, rank=rank)
         )
+
+
+# -- state TTL ------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2])
+def test_event_time_ttl_matches_a_brute_force_reference(n: int) -> None:
+    # batches of a few rows, each followed by a watermark; a key's top-N is
+    # forgotten once the latest event time of a row that entered it + ttl <= the
+    # watermark, and is never ranked against after that
+    ttl = 50
+    r = random.Random(n)
+    op = TopNOperator("top_n", ["k"], n, ["price"], [True], [True], "rank", ttl, True)
+    out = _open(op)
+    tops: dict[Any, list[dict[str, Any]]] = {}  # key -> rows in its top-N, in rank order
+    nid, t, wm, expired = 0, 0, -(2**63), 0
+    for _ in range(150):
+        for k in list(tops):  # what the reference forgets at this watermark
+            if max(x[TIME] for x in tops[k]) + ttl <= wm:
+                del tops[k]
+                expired += 1
+        batch = []
+        for _ in range(r.randrange(1, 5)):
+            t += r.randrange(0, 12)
+            batch.append({"k": r.choice("abcde"), "price": r.randrange(20), "id": nid, TIME: t})
+            nid += 1
+        changed: dict[tuple[Any, int], int] = {}
+        for row in batch:
+            before = {i + 1: x["id"] for i, x in enumerate(tops.get(row["k"], []))}
+            ranked = sorted([*tops.get(row["k"], []), row], key=lambda x: (-x["price"], x["id"]))[
+                :n
+            ]
+            tops[row["k"]] = ranked
+            for i, x in enumerate(ranked):
+                if before.get(i + 1) != x["id"]:
+                    changed[(row["k"], i + 1)] = x["id"]
+        out.batches.clear()
+        op.push_batch(pl.DataFrame(batch))
+        got = pl.concat(out.batches) if out.batches else pl.DataFrame()
+        assert {(x["k"], x["rank"]): x["id"] for x in got.to_dicts()} == changed
+        wm = t - 30
+        op.push_watermark(wm)
+    for k in list(tops):  # the last watermark
+        if max(x[TIME] for x in tops[k]) + ttl <= wm:
+            del tops[k]
+            expired += 1
+    assert expired > 20
+    assert op.metrics.extra["keys_expired"] == expired
+    assert op.state_rows() == sum(len(v) for v in tops.values())
+
+
+def test_processing_time_ttl_forgets_a_key_before_ranking() -> None:
+    from tests.test_joins_state import _FakeClock
+
+    clock = _FakeClock()
+    op = TopNOperator("top_n", ["k"], 1, ["price"], [True], [True], None, 1_000, False)
+    out = _Out()
+    op.output.main.append(out)
+    op.open(OperatorContext("top_n", 0, 1, TimerService(clock), Metrics()))
+    op.push_batch(pl.DataFrame({"k": [1, 2], "price": [10, 10]}))
+    clock.t = 999
+    op.push_batch(pl.DataFrame({"k": [1], "price": [20]}))  # k=1 written again: until 1999
+    clock.t = 1_000  # k=2 expired now, with no watermark or timer
+    op.push_batch(pl.DataFrame({"k": [1, 2], "price": [15, 5]}))
+    last = sorted(out.batches[-1].rows())
+    assert last == [(2, 5)]  # k=2's 10 is forgotten: 5 is its best; k=1 keeps 20
+    assert op.state_rows() == 2
+
+
+def test_ttl_top_n_resumes_from_a_checkpoint(tmp_path: Any) -> None:
+    r = random.Random(5)
+    rows = [
+        {"k": r.randrange(4), "x": r.randrange(50), "t": i * 4 + r.randrange(10)}
+        for i in range(150)
+    ]
+
+    def build(f: sl.Flow) -> sl.Stream:
+        s = f.source(sl.sources.memory(rows, batch_size=1), time="t", watermark="20ms")
+        return s.key_by("k").top_n(2, "x", descending=True, ttl=60)
+
+    ref = sl.sinks.collect()
+    f = sl.Flow("job")
+    build(f).sink(ref)
+    res = f.run()
+    want = ref.to_polars()
+    assert res.metric("top_n", "keys_expired") > 5
+    parts = []
+    for attempt in range(60):
+        f = sl.Flow("job")
+        sink = StopAfter(f, 8 + attempt % 5)
+        build(f).sink(sink)
+        res = f.run(checkpoint_dir=tmp_path, checkpoint_interval=None)
+        parts.append(sink.to_polars())
+        if not res.stopped:
+            break
+    else:
+        pytest.fail("the job never finished")
+    assert attempt >= 5
+    got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
+    assert got.to_dicts() == want.to_dicts()

@@ -86,6 +86,7 @@ class KeyedStream:
         descending: bool | Sequence[bool] = False,
         nulls_last: bool | Sequence[bool] | None = None,
         rank: str | None = "rank_number",
+        ttl: Duration | None = None,
     ) -> Stream:
         """The ``n`` first rows of every key in the order of ``by`` (Flink SQL's
         ``ROW_NUMBER() OVER (PARTITION BY keys ORDER BY by) AS rank_number ...
@@ -101,6 +102,12 @@ class KeyedStream:
         ``nulls_last`` is given. Each output row keeps the event time of the
         input row in its slot. Needs an append-only input; a slot, once
         filled, is never emptied, so no deletions are needed.
+
+        State is kept forever unless ``ttl`` is given: a key's top-N is then
+        forgotten ``ttl`` after the latest event time of a row that entered it
+        (by the watermark; on the processing-time clock when the stream has no
+        event time), as Flink's state TTL. The key's next rows fill its slots
+        again from rank 1; slots not filled again keep their old rows downstream.
 
         >>> import sluice as sl
         >>> f = sl.Flow("top"); out = sl.sinks.collect()
@@ -138,17 +145,19 @@ class KeyedStream:
                 f"top_n: the input is an upsert stream (upsert key "
                 f"{list(self.stream.upsert_key)}); top_n needs an append-only input"
             )
+        ttl_ms = None if ttl is None else parse_duration(ttl, what="top_n ttl", allow_zero=False)
+        et = self.stream.event_time
         keys = list(self.keys)
         node = self.stream._then(
             "top_n",
-            lambda i, p: TopNOperator("top_n", keys, n, cols, desc, nl, rank),
+            lambda i, p: TopNOperator("top_n", keys, n, cols, desc, nl, rank, ttl_ms, et),
             exchange="hash",
             keys=keys,
         )
         uk = (*keys, rank) if rank is not None else tuple(keys)
         return self.stream._derive(node, uk)
 
-    def agg(self, **aggs: _agg.Agg) -> Stream:
+    def agg(self, *, ttl: Duration | None = None, **aggs: _agg.Agg) -> Stream:
         """Running aggregates per key, without a window (Flink SQL's
         ``GROUP BY`` over a dynamic table), e.g.
         ``.agg(n=sl.agg.count(), avg=sl.agg.mean("price"))``.
@@ -166,6 +175,13 @@ class KeyedStream:
         and ``mean`` can be updated that way. A key left with no rows is
         emitted once more with count 0 and null sum/mean, then forgotten.
 
+        State is kept forever unless ``ttl`` is given (append-only input): a
+        key's aggregate is then forgotten ``ttl`` after the latest event time
+        written to it (by the watermark; on the processing-time clock when the
+        stream has no event time), as Flink's state TTL. A later row of that
+        key starts a new aggregate, whose row replaces the old one downstream.
+        (``ttl`` is therefore not a name for an aggregation.)
+
         >>> import sluice as sl
         >>> f = sl.Flow("agg"); out = sl.sinks.collect()
         >>> s = f.source([{"cat": "a", "x": 1}, {"cat": "a", "x": 3}, {"cat": "b", "x": 2}])
@@ -182,8 +198,14 @@ class KeyedStream:
             check_upsert_aggs,
         )
 
+        if isinstance(ttl, _agg.Agg):
+            raise ConfigError(
+                "agg: ttl= is the state time-to-live, not an aggregation name; "
+                "call the aggregation something else"
+            )
         if not aggs:
             raise ConfigError("agg: give at least one aggregation, e.g. n=sl.agg.count()")
+        ttl_ms = None if ttl is None else parse_duration(ttl, what="agg ttl", allow_zero=False)
         keys = list(self.keys)
         for name, a in aggs.items():
             if not isinstance(a, _agg.Agg):
@@ -199,14 +221,21 @@ class KeyedStream:
                 )
         aggs = dict(aggs)
         uk = self.stream.upsert_key
+        et = self.stream.event_time
         if uk is None:
             node = self.stream._then(
                 "agg",
-                lambda i, p: GroupAggOperator("agg", keys, aggs, signed=False),
+                lambda i, p: GroupAggOperator("agg", keys, aggs, False, ttl_ms, et),
                 exchange="hash",
                 keys=keys,
             )
             return self.stream._derive(node, tuple(keys))
+        if ttl_ms is not None:
+            raise ConfigError(
+                f"agg: ttl= needs an append-only input; this stream is an upsert stream "
+                f"(upsert key {list(uk)}), whose replaced rows must be taken out of groups "
+                "that a TTL may already have forgotten"
+            )
         check_upsert_aggs(aggs, uk)
         ukey = list(uk)
         cols = [*keys, *(c for a in aggs.values() if (c := agg_column(a)) is not None)]

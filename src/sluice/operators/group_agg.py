@@ -21,6 +21,14 @@ use, which is only possible when nothing is ever retracted: an append-only
 input. A group whose rows were all retracted (its rows moved to other groups)
 is emitted once more with ``count`` 0 and null ``sum``/``mean`` (SQL's
 aggregates over no rows) and then forgotten.
+
+With a TTL (append-only input) a group's state expires ``ttl`` after the
+latest event time written to it, by the watermark (or ``ttl`` after its last
+update on the processing-time clock when the stream has no event time), like
+Flink's state TTL counted from the last write. An expired group is never
+merged again, even before it is cleaned up: its next row starts a new group,
+whose row replaces the old one downstream. Nothing is emitted when a group
+expires.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ from sluice.operators.aggregations import Agg, _Custom, _Quantile, _Simple
 from sluice.operators.base import Operator
 from sluice.operators.partials import Partials
 from sluice.operators.topn import align_nulls
-from sluice.runtime.messages import TIME
+from sluice.runtime.messages import MAX_TIME, TIME
 from sluice.state.snapshot import Snapshot
 
-SIGN, N, TMAX = "__sign", "__n", "__tmax"
+SIGN, N, TMAX, EXP = "__sign", "__n", "__tmax", "__exp"
 INVERTIBLE = ("count", "sum", "mean")
 
 
@@ -113,11 +121,22 @@ class _Inv:
 class GroupAggOperator(Operator):
     """Running aggregates per group key; emits the groups each batch updated."""
 
-    def __init__(self, name: str, keys: list[str], aggs: dict[str, Agg], signed: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        keys: list[str],
+        aggs: dict[str, Agg],
+        signed: bool,
+        ttl_ms: int | None = None,
+        event_time: bool = False,
+    ) -> None:
         super().__init__()
         self.name = name
         self.keys = keys
         self.signed = signed
+        self.ttl = ttl_ms
+        self.event_time = event_time
+        self.next_expiry = MAX_TIME
         self.order = list(aggs)
         self.inv: list[_Inv] = []
         others: dict[str, Agg] = {}
@@ -145,10 +164,47 @@ class GroupAggOperator(Operator):
                     )
         self._checked = True
 
+    # -- TTL ---------------------------------------------------------------------------
+    def _now(self) -> int:
+        """The time TTL is measured against (watermark or processing clock)."""
+        if self.event_time:
+            return self.watermark
+        assert self.ctx is not None
+        return self.ctx.now()
+
+    def _expiry(self) -> pl.Expr:
+        return pl.col(TMAX) + self.ttl if self.event_time else pl.col(EXP)
+
+    def _expire(self, now: int) -> None:
+        """Forget the groups whose TTL has passed at ``now``."""
+        st = self.state
+        if st is None or st.height == 0:
+            self.next_expiry = MAX_TIME
+            return
+        exp = st.select(self._expiry().alias("e")).get_column("e")
+        alive = exp > now
+        if not alive.all():
+            self.metrics.add("groups_expired", int((~alive).sum()))
+            st = st.filter(alive)
+            exp = exp.filter(alive)
+        self.state = st if st.height else None
+        mn = exp.min()
+        self.next_expiry = MAX_TIME if mn is None else int(mn)  # type: ignore[arg-type]
+
+    def on_watermark(self, time: int) -> None:
+        if self.ttl is not None and self.event_time and self.next_expiry <= time < MAX_TIME:
+            self._expire(time)
+
+    # -- data ----------------------------------------------------------------------------
     def process_batch(self, batch: pl.DataFrame) -> None:
         if not self._checked:
             self._check(batch)
         keys = self.keys
+        now = MAX_TIME
+        if self.ttl is not None:
+            now = self._now()
+            if self.next_expiry <= now:
+                self._expire(now)  # an expired group is never merged again
         rows = batch if self.signed else batch.with_columns(pl.lit(1, pl.Int64).alias(SIGN))
         has_time = TIME in rows.columns
         extra = [pl.col(SIGN).sum().alias(N), *(e for a in self.inv for e in a.partial())]
@@ -171,6 +227,12 @@ class GroupAggOperator(Operator):
             merged = delta
             rest = self.state
         live = merged.filter(pl.col(N) > 0)
+        if self.ttl is not None:
+            if not self.event_time:
+                live = live.with_columns(pl.lit(now + self.ttl, pl.Int64).alias(EXP))
+            mn = live.select(self._expiry().min()).item() if live.height else None
+            if mn is not None and int(mn) < self.next_expiry:
+                self.next_expiry = int(mn)
         if rest is not None and rest.height:
             live = pl.concat([rest, live], how="vertical_relaxed")
         self.state = live
@@ -193,6 +255,12 @@ class GroupAggOperator(Operator):
         super().restore_state(snapshot)
         st = snapshot.keyed.get("groups")
         self.state = st if st is not None and st.height else None
+        self.next_expiry = MAX_TIME
+        if self.ttl is not None and self.state is not None:
+            if not self.event_time and EXP not in self.state.columns:  # saved without a TTL
+                self.state = self.state.with_columns(pl.lit(self._now() + self.ttl).alias(EXP))
+            mn = self.state.select(self._expiry().min()).item()
+            self.next_expiry = MAX_TIME if mn is None else int(mn)
 
 
 class UpsertChanges(Operator):

@@ -14,6 +14,14 @@ the equal ones), and nulls sort as the smallest value (Flink's default null
 collation ``LOW``: first when ascending, last when descending) unless
 ``nulls_last`` says otherwise. On an append-only input a slot is never
 emptied, so no deletions are ever needed.
+
+With a TTL a key's top-N is forgotten ``ttl`` after the latest event time of
+a row written to it (a row that entered the top-N), by the watermark, or
+``ttl`` after that row's arrival on the processing-time clock when the stream
+has no event time: Flink's state TTL counted from the last write. A forgotten
+top-N is never ranked against again, even before it is cleaned up; the key's
+next rows fill its slots from rank 1 (the old rows of slots not filled again
+stay downstream, as nothing is deleted).
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ import polars as pl
 
 from sluice.errors import ConfigError
 from sluice.operators.base import Operator
-from sluice.runtime.messages import TIME
+from sluice.runtime.messages import MAX_TIME, MIN_TIME, TIME
 from sluice.state.snapshot import Snapshot
 
 SEQ, RANK, PREV, HASH = "__seq", "__rank", "__prev_rank", "__key_hash"
+WRITTEN = "__written"  # TTL: the event time (or arrival time) of a row in the top-N
 _SEED = 0x51CE
 
 
@@ -66,9 +75,14 @@ class TopNOperator(Operator):
         descending: list[bool],
         nulls_last: list[bool],
         rank: str | None,
+        ttl_ms: int | None = None,
+        event_time: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
+        self.ttl = ttl_ms
+        self.event_time = event_time
+        self.next_expiry = MAX_TIME
         self.keys = keys
         self.n = n
         self.by = by
@@ -98,6 +112,38 @@ class TopNOperator(Operator):
         self._narrow = list(dict.fromkeys([*self.keys, *self.by]))
         self._checked = True
 
+    # -- TTL ---------------------------------------------------------------------------
+    def _now(self) -> int:
+        """The time TTL is measured against (watermark or processing clock)."""
+        if self.event_time:
+            return self.watermark
+        assert self.ctx is not None
+        return self.ctx.now()
+
+    def _expired_keys(self, rows: pl.DataFrame, now: int) -> tuple[pl.DataFrame, int]:
+        """The keys among ``rows`` (index rows) whose top-N has expired at ``now``,
+        and the earliest expiry of the others."""
+        assert self.ttl is not None
+        last = rows.group_by(self.keys).agg(pl.col(WRITTEN).max() + self.ttl)
+        gone = last.get_column(WRITTEN) <= now
+        alive = last.get_column(WRITTEN).filter(~gone).min()
+        nxt = MAX_TIME if alive is None else int(alive)  # type: ignore[arg-type]
+        return last.filter(gone).select(self.keys), nxt
+
+    def _expire(self, now: int) -> None:
+        """Forget the keys whose TTL has passed at ``now``."""
+        if self.index is None or not self.index.height:
+            self.next_expiry = MAX_TIME
+            return
+        gone, self.next_expiry = self._expired_keys(self.index, now)
+        if gone.height:
+            self.metrics.add("keys_expired", gone.height)
+            self.index = self.index.join(gone, on=self.keys, how="anti", nulls_equal=True)
+
+    def on_watermark(self, time: int) -> None:
+        if self.ttl is not None and self.event_time and self.next_expiry <= time < MAX_TIME:
+            self._expire(time)
+
     def process_batch(self, batch: pl.DataFrame) -> None:
         if not self._checked:
             self._check(batch)
@@ -107,6 +153,17 @@ class TopNOperator(Operator):
         self.next_seq += h
         keys = self.keys
         bi = b.select(*self._narrow, SEQ)
+        if self.ttl is not None:
+            now = self._now()
+            if self.next_expiry <= now:
+                self._expire(now)  # an expired top-N is never ranked against
+            if self.event_time:
+                bi = bi.hstack([b.get_column(TIME).alias(WRITTEN)])
+            else:
+                bi = bi.with_columns(pl.lit(now, pl.Int64).alias(WRITTEN))
+            lo = bi.get_column(WRITTEN).min()
+            if lo is not None and int(lo) + self.ttl < self.next_expiry:  # type: ignore[arg-type]
+                self.next_expiry = int(lo) + self.ttl  # type: ignore[arg-type]
         rest: pl.DataFrame | None = None
         retyped = False  # key types differ from the state's: hashes are redone below
         if self.index is not None and self.index.height:
@@ -214,7 +271,8 @@ class TopNOperator(Operator):
         if self.index is None or not self.index.height:
             return None
         wide = self._payload_frame()
-        return wide.join(self.index.select(SEQ, RANK), on=SEQ, how="inner")
+        kept = [SEQ, RANK, WRITTEN] if WRITTEN in self.index.columns else [SEQ, RANK]
+        return wide.join(self.index.select(kept), on=SEQ, how="inner")
 
     def state_rows(self) -> int:
         """Rows held (at most ``n`` per key seen)."""
@@ -238,8 +296,16 @@ class TopNOperator(Operator):
         # renumber them (a key's rows all come from one old subtask, so sorting by
         # the old numbers keeps each key's order) so that __seq identifies a row
         st = st.sort(SEQ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
-        self.index = st.select(*self._narrow, SEQ, _key_hash(self.keys), RANK)
-        self.payload = [st.drop(RANK)]
+        if self.ttl is not None and WRITTEN not in st.columns:  # saved without a TTL
+            st = st.with_columns(pl.lit(self._now(), pl.Int64).alias(WRITTEN))
+        elif self.ttl is None and WRITTEN in st.columns:
+            st = st.drop(WRITTEN)
+        ttl_cols = [WRITTEN] if self.ttl is not None else []
+        # the column order of the index rows process_batch makes
+        self.index = st.select(*self._narrow, SEQ, *ttl_cols, _key_hash(self.keys), RANK)
+        if self.ttl is not None:
+            _, self.next_expiry = self._expired_keys(self.index, MIN_TIME)
+        self.payload = [st.drop(RANK, *ttl_cols)]
         self._payload_rows = st.height
         # rows arriving from now on come after every restored row of their key
         self.next_seq = st.height
