@@ -436,3 +436,43 @@ def test_q21_channel_id_is_regexp_extract_on_edge_case_urls() -> None:
     got = out.to_polars()
     assert got.filter(pl.col("auction") == 4)["channel_id"].to_list() == [""]  # as Flink's
     assert same_rows(expected, got)
+
+
+def test_q22_directories_are_split_index_on_edge_case_urls() -> None:
+    urls = [
+        "https://www.nexmark.com/a/b/c/item.htm?query=1",
+        "https://www.nexmark.com/a/b/c",  # exactly six pieces
+        "https://www.nexmark.com/a/b",  # dir3 missing
+        "https://host",  # no directory at all
+        "a/b/c/d/e/f/g/h",  # more pieces than read: the rest is not appended
+        "////",  # empty pieces
+        "",
+        None,
+    ]
+    bids = pl.DataFrame(
+        {
+            "auction": range(len(urls)),
+            "bidder": 1,
+            "price": 2,
+            "channel": "c",
+            "url": urls,
+            "date_time": pl.datetime_range(
+                pl.datetime(2015, 7, 15), pl.datetime(2015, 7, 15, 0, 0, 7), "1s", eager=True
+            ),
+        }
+    )
+    flow = sl.Flow("q22-edges")
+    out = sl.sinks.collect()
+    inp = NexmarkInput(flow, lambda kind: flow.source(sl.sources.memory(bids), time="date_time"))
+    QUERIES["q22"].build(inp).sink(out)
+    flow.run()
+    expected = duckdb.sql(
+        """
+        SELECT auction, bidder, price, channel, string_split(url, '/')[4] AS dir1,
+            string_split(url, '/')[5] AS dir2, string_split(url, '/')[6] AS dir3
+        FROM bids
+        """
+    ).pl()
+    got = out.to_polars()
+    assert got.filter(pl.col("auction") == 4).row(0)[-3:] == ("d", "e", "f")
+    assert same_rows(expected, got)
