@@ -106,7 +106,8 @@ class WindowJoinOperator(TwoInputOperator):
             batch = batch.with_columns(pl.col(*WCOLS).dt.cast_time_unit("ms"))
         b = self.layout.internal(side, batch)
         wm = self.watermark
-        if wm > MIN_TIME:
+        first_end = b.select(self._end_ms().min()).item()
+        if wm > MIN_TIME and first_end is not None and first_end - 1 <= wm:
             late = b.select(self._end_ms() - 1 <= wm).to_series()
             n_late = int(late.sum())
             if n_late:
@@ -121,7 +122,7 @@ class WindowJoinOperator(TwoInputOperator):
         mine.append(b)
         if len(mine) > _MAX_CHUNKS:
             state_frame(mine)
-        mn = b.select(self._end_ms().min()).item()
+        mn = b.select(self._end_ms().min()).item() if b.height < batch.height else first_end
         if mn is not None and mn - 1 < self.next_fire:
             self.next_fire = int(mn) - 1
 
