@@ -448,3 +448,18 @@ def test_ttl_top_n_resumes_from_a_checkpoint(tmp_path: Any) -> None:
     assert attempt >= 5
     got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
     assert got.to_dicts() == want.to_dicts()
+
+
+def test_a_top_n_saved_without_ttl_restored_with_one_counts_from_the_rows_event_times() -> None:
+    plain = TopNOperator("top_n", ["k"], 1, ["x"], [True], [True], None)
+    _open(plain)
+    plain.push_batch(pl.DataFrame({"k": [1, 2], "x": [5, 6], TIME: [1_000, 5_000]}))
+    snap = plain.snapshot_state()
+    op = TopNOperator("top_n", ["k"], 1, ["x"], [True], [True], None, 2_000, True)
+    _open(op)
+    op.restore_state(snap)
+    op.push_watermark(2_999)
+    assert op.state_rows() == 2
+    op.push_watermark(3_000)  # k=1 written at 1 s: expired at 3 s; k=2 lives until 7 s
+    assert op.state_rows() == 1
+    assert op.state is not None and op.state.get_column("k").to_list() == [2]

@@ -297,7 +297,9 @@ class TopNOperator(Operator):
         # the old numbers keeps each key's order) so that __seq identifies a row
         st = st.sort(SEQ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
         if self.ttl is not None and WRITTEN not in st.columns:  # saved without a TTL
-            st = st.with_columns(pl.lit(self._now(), pl.Int64).alias(WRITTEN))
+            # the rows were written at their event time (or, without one, now)
+            at = pl.col(TIME) if self.event_time and TIME in st.columns else pl.lit(self._now())
+            st = st.with_columns(at.cast(pl.Int64).alias(WRITTEN))
         elif self.ttl is None and WRITTEN in st.columns:
             st = st.drop(WRITTEN)
         ttl_cols = [WRITTEN] if self.ttl is not None else []
