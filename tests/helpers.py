@@ -67,6 +67,26 @@ class StopAfter(sl.sinks.CollectSink):
         return w
 
 
+def run_with_stops(
+    build: Callable[[sl.Flow], sl.Stream], checkpoint_dir: Any, stop_after: Callable[[int], int]
+) -> tuple[pl.DataFrame, int]:
+    """Run the job ``build`` makes at parallelism 1, stopping it (a final
+    checkpoint in ``checkpoint_dir``) after ``stop_after(attempt)`` output batches
+    and resuming it, until it finishes. Returns all output, in order, and the
+    number of stops."""
+    parts = []
+    for attempt in range(200):
+        f = sl.Flow("job")
+        sink = StopAfter(f, stop_after(attempt))
+        build(f).sink(sink)
+        res = f.run(checkpoint_dir=checkpoint_dir, checkpoint_interval=None)
+        parts.append(sink.to_polars())
+        if not res.stopped:
+            got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
+            return got, attempt
+    raise AssertionError("the job never finished")
+
+
 def rss_growth(script: str, backend: str, n: int, state_dir: Any) -> int:
     """Run a memory-measuring ``script`` (``python -c script backend n state_dir``)
     in a fresh interpreter, so other tests' allocations do not count; it prints

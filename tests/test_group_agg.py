@@ -19,7 +19,7 @@ from sluice.api.upsert import materialize
 from sluice.operators.base import Clock, Metrics, OperatorContext, Target, TimerService
 from sluice.operators.group_agg import GroupAggOperator
 from sluice.runtime.messages import TIME, Barrier
-from tests.helpers import StopAfter, run_collect, same_rows
+from tests.helpers import StopAfter, run_collect, run_with_stops, same_rows
 from tests.test_joins import sql
 from tests.test_topn import _Files
 
@@ -387,19 +387,8 @@ def test_ttl_state_survives_a_checkpoint(tmp_path: Any) -> None:
     f.run()
     want = ref.to_polars()
     assert want.get_column("n").max() < 40  # keys were forgotten and started again
-    parts = []
-    for attempt in range(60):
-        f = sl.Flow("job")
-        sink = StopAfter(f, 10 + attempt % 7)
-        build(f).sink(sink)
-        res = f.run(checkpoint_dir=tmp_path, checkpoint_interval=None)
-        parts.append(sink.to_polars())
-        if not res.stopped:
-            break
-    else:
-        pytest.fail("the job never finished")
-    assert attempt >= 5
-    got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
+    got, stops = run_with_stops(build, tmp_path, lambda attempt: 10 + attempt % 7)
+    assert stops >= 5
     assert got.to_dicts() == want.to_dicts()
 
 

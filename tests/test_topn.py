@@ -21,7 +21,7 @@ from sluice.operators import topn
 from sluice.operators.base import Clock, Metrics, OperatorContext, Target, TimerService
 from sluice.operators.topn import TopNOperator
 from sluice.runtime.messages import TIME, Barrier
-from tests.helpers import StopAfter, run_collect, same_rows
+from tests.helpers import StopAfter, run_collect, run_with_stops, same_rows
 from tests.test_joins import sql
 
 
@@ -434,19 +434,8 @@ def test_ttl_top_n_resumes_from_a_checkpoint(tmp_path: Any) -> None:
     res = f.run()
     want = ref.to_polars()
     assert res.metric("top_n", "keys_expired") > 5
-    parts = []
-    for attempt in range(60):
-        f = sl.Flow("job")
-        sink = StopAfter(f, 8 + attempt % 5)
-        build(f).sink(sink)
-        res = f.run(checkpoint_dir=tmp_path, checkpoint_interval=None)
-        parts.append(sink.to_polars())
-        if not res.stopped:
-            break
-    else:
-        pytest.fail("the job never finished")
-    assert attempt >= 5
-    got = pl.concat([p for p in parts if p.height], how="diagonal_relaxed")
+    got, stops = run_with_stops(build, tmp_path, lambda attempt: 8 + attempt % 5)
+    assert stops >= 5
     assert got.to_dicts() == want.to_dicts()
 
 

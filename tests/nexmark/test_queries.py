@@ -394,6 +394,34 @@ def test_q6_stop_and_resume_from_checkpoints_is_exact(
     _check("q6", got, _duckdb(datasets["minute"], SQL["q6"]))
 
 
+def _bids_with_urls(urls: list[str | None], channels: list[str] | str) -> pl.DataFrame:
+    """One bid per URL, a second apart (for the URL-parsing queries)."""
+    return pl.DataFrame(
+        {
+            "auction": range(len(urls)),
+            "bidder": 1,
+            "price": 2,
+            "channel": channels,
+            "url": urls,
+            "date_time": pl.datetime_range(
+                pl.datetime(2015, 7, 15),
+                pl.datetime(2015, 7, 15, 0, 0, len(urls) - 1),
+                "1s",
+                eager=True,
+            ),
+        }
+    )
+
+
+def _run_on_bids(query: str, bids: pl.DataFrame) -> pl.DataFrame:
+    flow = sl.Flow(f"{query}-edges")
+    out = sl.sinks.collect()
+    inp = NexmarkInput(flow, lambda kind: flow.source(sl.sources.memory(bids), time="date_time"))
+    QUERIES[query].build(inp).sink(out)
+    flow.run()
+    return out.to_polars()
+
+
 def test_q21_channel_id_is_regexp_extract_on_edge_case_urls() -> None:
     urls = [
         "channel_id=7&x=1",  # at the start (the ^ branch)
@@ -404,23 +432,9 @@ def test_q21_channel_id_is_regexp_extract_on_edge_case_urls() -> None:
         "https://a/b?x=1",
         None,
     ]
-    bids = pl.DataFrame(
-        {
-            "auction": range(len(urls)),
-            "bidder": 1,
-            "price": 2,
-            "channel": ["channel-1", "channel-2", "Google", "channel-3", "x", "baidu", "APPLE"],
-            "url": urls,
-            "date_time": pl.datetime_range(
-                pl.datetime(2015, 7, 15), pl.datetime(2015, 7, 15, 0, 0, 6), "1s", eager=True
-            ),
-        }
-    )
-    flow = sl.Flow("q21-edges")
-    out = sl.sinks.collect()
-    inp = NexmarkInput(flow, lambda kind: flow.source(sl.sources.memory(bids), time="date_time"))
-    QUERIES["q21"].build(inp).sink(out)
-    flow.run()
+    channels = ["channel-1", "channel-2", "Google", "channel-3", "x", "baidu", "APPLE"]
+    bids = _bids_with_urls(urls, channels)
+    got = _run_on_bids("q21", bids)
     expected = duckdb.sql(
         """
         SELECT auction, bidder, price, channel,
@@ -433,7 +447,6 @@ def test_q21_channel_id_is_regexp_extract_on_edge_case_urls() -> None:
             OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')
         """
     ).pl()
-    got = out.to_polars()
     assert got.filter(pl.col("auction") == 4)["channel_id"].to_list() == [""]  # as Flink's
     assert same_rows(expected, got)
 
@@ -449,23 +462,8 @@ def test_q22_directories_are_split_index_on_edge_case_urls() -> None:
         "",
         None,
     ]
-    bids = pl.DataFrame(
-        {
-            "auction": range(len(urls)),
-            "bidder": 1,
-            "price": 2,
-            "channel": "c",
-            "url": urls,
-            "date_time": pl.datetime_range(
-                pl.datetime(2015, 7, 15), pl.datetime(2015, 7, 15, 0, 0, 7), "1s", eager=True
-            ),
-        }
-    )
-    flow = sl.Flow("q22-edges")
-    out = sl.sinks.collect()
-    inp = NexmarkInput(flow, lambda kind: flow.source(sl.sources.memory(bids), time="date_time"))
-    QUERIES["q22"].build(inp).sink(out)
-    flow.run()
+    bids = _bids_with_urls(urls, "c")
+    got = _run_on_bids("q22", bids)
     expected = duckdb.sql(
         """
         SELECT auction, bidder, price, channel, string_split(url, '/')[4] AS dir1,
@@ -473,6 +471,5 @@ def test_q22_directories_are_split_index_on_edge_case_urls() -> None:
         FROM bids
         """
     ).pl()
-    got = out.to_polars()
     assert got.filter(pl.col("auction") == 4).row(0)[-3:] == ("d", "e", "f")
     assert same_rows(expected, got)
